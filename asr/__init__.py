@@ -1,0 +1,1 @@
+"""Listen-Attend-Spell speech recognition."""

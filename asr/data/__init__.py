@@ -1,0 +1,1 @@
+"""Data: manifests, importers, the synthetic corpus, batching and datasets."""
