@@ -81,9 +81,390 @@ def _run_tokenizer(args) -> int:
     return 0
 
 
+def _add_results(sub) -> None:
+    p = sub.add_parser("results", help="print a recipe's WER table from its score stage")
+    p.add_argument("--exp-dir", required=True, type=Path)
+    p.add_argument("--sets", required=True, nargs="+")
+    p.add_argument("--config", default="")
+    p.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    p.set_defaults(func=_run_results)
+
+
+def _run_results(args) -> int:
+    from asr.io_utils import atomic_write_text
+    from asr.report import results_table
+
+    table = results_table(args.exp_dir, args.sets, args.config)
+    print(table)
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
+def _add_transcribe(sub) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files, folders or raw PCM on stdin ('-')")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive), or - for stdin")
+    p.add_argument("--model", required=True, type=Path, help="model folder (model.pt, config.yaml, tokenizer.model)")
+    p.add_argument("--format", default="txt", help="txt|json|srt|vtt|tsv|all, or a comma list (default txt)")
+    p.add_argument("--output-dir", type=Path, default=None, help="where outputs go (default: current folder; "
+                   "for '-' files are written only when given)")
+    p.add_argument("--rate", type=_positive_int, default=16000, help="sample rate of s16le PCM on stdin")
+    p.add_argument("--beam", type=_positive_int, default=None, help="beam size (1 = greedy; default: DecodeOptions)")
+    p.add_argument("--ctc-weight", type=_nonneg_float, default=None, help="CTC weight in beam search")
+    p.add_argument("--max-segment", type=_nonneg_float, default=20.0, help="longest segment in seconds")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="segments decoded together")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.set_defaults(func=_run_transcribe)
+
+
+def _run_transcribe(args) -> int:
+    from asr.config import replace
+    from asr.decoding import DecodeOptions
+    from asr.inference import Recognizer
+    from asr.transcribe import TranscribeConfig, transcribe_inputs
+
+    cfg = replace(TranscribeConfig(), "transcribe flags", formats=args.format, stdin_rate=args.rate,
+                  max_segment=args.max_segment, batch_size=args.batch_size,
+                  output_dir=str(args.output_dir or "."))
+    changes = {k: v for k, v in (("beam_size", args.beam), ("ctc_weight", args.ctc_weight)) if v is not None}
+    options = replace(DecodeOptions(), "decode flags", **changes)
+    result = transcribe_inputs(Recognizer.from_dir(args.model, args.device), args.inputs, options, cfg,
+                               write_stdin_files=args.output_dir is not None)
+    if result.failures:
+        print(f"asr transcribe: {len(result.results)} transcribed, {len(result.failures)} failed "
+              f"(list in {Path(cfg.output_dir) / 'transcribe_failures.tsv'})", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="compute log-mel features of a manifest into sharded arrays + CMVN")
+    p.add_argument("--manifest", required=True, type=Path, help="input manifest (JSON lines)")
+    p.add_argument("--out-dir", required=True, type=Path, help="writes <name>.jsonl, shards, cmvn.json, failures.tsv")
+    p.add_argument("--nj", type=_positive_int, default=2, help="worker processes")
+    p.add_argument("--shard-size", type=_positive_int, default=500, help="utterances per shard")
+    p.add_argument("--config", type=Path, default=None, help="YAML whose 'features' section sets FeatureConfig")
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(args) -> int:
+    from asr.config import from_dict, load_yaml_sections
+    from asr.data.featstage import FAILURES_NAME, FeatStageConfig, run_feature_stage
+    from asr.features import FeatureConfig
+
+    sections = load_yaml_sections(args.config) if args.config else {}
+    feature_cfg = from_dict(FeatureConfig, sections.get("features", {}), f"{args.config} [features]")
+    result = run_feature_stage(args.manifest, args.out_dir, feature_cfg,
+                               FeatStageConfig(nj=args.nj, shard_size=args.shard_size))
+    print(f"features: {result.manifest} ({result.num_utts} utterances, {result.audio_seconds:.1f} s of audio "
+          f"in {result.wall_seconds:.1f} s)")
+    if result.failures:
+        print(f"asr features: skipped {len(result.failures)} unreadable utterance(s) "
+              f"(list in {args.out_dir / FAILURES_NAME})", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="decode a manifest: hyps.jsonl, Kaldi-style text, failures.tsv")
+    p.add_argument("--model", required=True, type=Path, help="model folder (model.pt, config.yaml, tokenizer.model)")
+    p.add_argument("--manifest", required=True, type=Path, help="manifest (JSON lines) to decode")
+    p.add_argument("--out-dir", required=True, type=Path, help="writes hyps.jsonl, text, failures.tsv, decode.json")
+    p.add_argument("--beam", type=_positive_int, default=10, help="beam size (default 10)")
+    p.add_argument("--ctc-weight", type=_nonneg_float, default=0.3, help="CTC prefix score weight, 0..1 (1 = pure CTC)")
+    p.add_argument("--lm", type=Path, default=None, help="LM folder from `asr train-lm` for shallow fusion")
+    p.add_argument("--lm-weight", type=_nonneg_float, default=0.3, help="LM weight (used with --lm)")
+    p.add_argument("--nbest", type=_positive_int, default=1, help="hypotheses kept per utterance in hyps.jsonl")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--nj", type=_positive_int, default=1, help="parallel processes (one per GPU with cuda)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("-o", "--option", action="append", metavar="decode.KEY=VALUE",
+                   help="any other DecodeOptions field, e.g. -o decode.length_penalty=0.5")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.set_defaults(func=_run_decode)
+
+
+def _run_decode(args) -> int:
+    from asr.config import replace
+    from asr.decoding import DecodeOptions, DecodeRunConfig, decode_manifest
+    from asr.errors import ConfigError
+
+    extra = _overrides(args.option)
+    if set(extra) - {"decode"}:
+        raise ConfigError(args.option[0], "decode options look like decode.KEY=VALUE")
+    flags = dict(beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight if args.lm else 0.0,
+                 nbest=args.nbest)
+    options = replace(DecodeOptions(), "decode flags", **{**flags, **extra.get("decode", {})})
+    run = replace(DecodeRunConfig(), "decode flags", batch_size=args.batch_size, nj=args.nj, device=args.device,
+                  lm_dir=str(args.lm or ""), progress=not args.no_progress)
+    result = decode_manifest(args.model, args.manifest, args.out_dir, options, run)
+    print(f"decode: {result.num_decoded}/{result.num_utts} utterances -> {args.out_dir / 'hyps.jsonl'} "
+          f"(RTF {result.rtf:.4f})")
+    if result.failures:
+        print(f"asr decode: skipped {len(result.failures)} utterance(s) (list in {args.out_dir / 'failures.tsv'})",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="WER/CER of hypotheses against a manifest: wer.txt, results.json, summary.md")
+    p.add_argument("--ref", required=True, type=Path, help="reference manifest (JSON lines with text, speaker)")
+    p.add_argument("--hyp", required=True, type=Path, help="hyps.jsonl from `asr decode`, or a Kaldi text file")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--name", default=None, help="set name in the reports (default: the out-dir's name)")
+    case = p.add_mutually_exclusive_group()
+    case.add_argument("--normalize-case", dest="normalize_case", action="store_true", default=True,
+                      help="compare case-insensitively (default)")
+    case.add_argument("--keep-case", dest="normalize_case", action="store_false")
+    p.add_argument("--keep-punctuation", action="store_true", help="do not strip punctuation")
+    p.add_argument("--keep-apostrophes", action="store_true", help="keep apostrophes when stripping punctuation")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> int:
+    from asr.scoring import ScoreOptions, score_files
+
+    options = ScoreOptions(normalize_case=args.normalize_case, keep_punctuation=args.keep_punctuation,
+                           keep_apostrophes=args.keep_apostrophes)
+    r = score_files(args.ref, args.hyp, args.out_dir, options, args.name)
+    print(f"score: WER {100 * r.wer:.2f}% CER {100 * r.cer:.2f}% on {r.num_utts} utterances, {r.num_words} words "
+          f"(S {r.substitutions} D {r.deletions} I {r.insertions}) -> {args.out_dir / 'wer.txt'}")
+    return 0
+
+
+def _add_train_lm(sub) -> None:
+    p = sub.add_parser("train-lm", help="train an LSTM language model for shallow fusion")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", type=Path, nargs="+", help="plain text file(s), one sentence per line")
+    src.add_argument("--manifest", type=Path, nargs="+", help="manifest(s) whose text to use")
+    p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.model of the ASR model")
+    p.add_argument("--out", required=True, type=Path, help="LM folder to write")
+    p.add_argument("--valid", type=Path, nargs="+", default=None,
+                   help="validation text files or manifests (*.jsonl); default: the training text")
+    p.add_argument("-o", "--option", action="append", metavar="lm.KEY=VALUE", help="LMConfig override")
+    p.set_defaults(func=_run_train_lm)
+
+
+def _run_train_lm(args) -> int:
+    from asr.config import from_dict
+    from asr.lm import LMConfig, read_texts, train_lm
+    from asr.tokenizer import Tokenizer
+
+    cfg = from_dict(LMConfig, _overrides(args.option).get("lm", {}), "train-lm -o lm.*")
+    valid = read_texts(args.valid) if args.valid else None
+    summary = train_lm(read_texts(args.text or args.manifest), Tokenizer.load(args.tokenizer), args.out, cfg, valid)
+    print(f"train-lm: {args.out} (valid perplexity {summary['valid_perplexity']:.2f}, "
+          f"train perplexity {summary['train_perplexity']:.2f})")
+    return 0
+
+
+def _add_corpus(sub) -> None:
+    p = sub.add_parser("corpus", help="synthesise a multi-speaker corpus in LibriSpeech layout")
+    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    s = csub.add_parser("synth", help="flite/espeak-ng corpus: <out>/<subset>/<spk>/<chapter>/*.flac + trans.txt",
+                        description="Sizes: --utterances N or --hours H (estimated from words per sentence). "
+                        "For a small CPU recipe keep sentences short (--max-words) and the vocabulary "
+                        "small (--vocab N keeps sentences whose words are all among the N most frequent).")
+    s.add_argument("--out", required=True, type=Path, help="corpus root (SPEAKERS.TXT and one folder per subset)")
+    s.add_argument("--utterances", type=_positive_int, default=0, help="total utterances over all subsets")
+    s.add_argument("--hours", type=_nonneg_float, default=0.0, help="total hours (used when --utterances is 0)")
+    s.add_argument("--dev-fraction", type=_nonneg_float, default=0.1)
+    s.add_argument("--test-fraction", type=_nonneg_float, default=0.1)
+    s.add_argument("--dev-utterances", type=_positive_int, default=0, help="explicit dev size (overrides fraction)")
+    s.add_argument("--test-utterances", type=_positive_int, default=0, help="explicit test size (overrides fraction)")
+    s.add_argument("--speakers", type=_positive_int, default=24, help="total speakers (20+ for a real corpus)")
+    s.add_argument("--dev-speakers", type=_positive_int, default=0, help="default max(2, speakers/6)")
+    s.add_argument("--test-speakers", type=_positive_int, default=0, help="default max(2, speakers/6)")
+    s.add_argument("--heldout-voice", default="rms", help="flite voice heard only in test (kal16, awb, rms, slt)")
+    s.add_argument("--subsets", default="train-clean,dev-clean,test-clean", help="train,dev,test folder names")
+    s.add_argument("--text", type=Path, default=None, help="sentences, one per line (default: WordNet examples)")
+    s.add_argument("--min-words", type=_positive_int, default=1)
+    s.add_argument("--max-words", type=_positive_int, default=30)
+    s.add_argument("--vocab", type=_positive_int, default=0, help="keep sentences within the N most frequent words")
+    s.add_argument("--noise-snr", type=float, default=None, help="add white noise at this SNR in dB")
+    s.add_argument("--reverb-prob", type=_nonneg_float, default=0.0, help="probability of a synthetic room echo")
+    s.add_argument("--speed-perturb", default="", help="speed factors drawn per utterance, e.g. 0.9,1.0,1.1")
+    s.add_argument("--augment-subsets", default="train", help="which of train,dev,test get the augmentation")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--nj", type=_positive_int, default=2, help="parallel synthesis jobs")
+    s.set_defaults(func=_run_corpus_synth)
+
+
+def _run_corpus_synth(args) -> int:
+    from asr.config import from_dict
+    from asr.data.synth import FAILURES_FILE, SynthConfig, synthesize_corpus
+    from asr.errors import ConfigError
+
+    subsets = args.subsets.split(",")
+    if len(subsets) != 3:
+        raise ConfigError("--subsets", "give three names: train,dev,test")
+    cfg = from_dict(SynthConfig, dict(
+        out_dir=str(args.out), utterances=args.utterances, hours=args.hours, dev_fraction=args.dev_fraction,
+        test_fraction=args.test_fraction, dev_utterances=args.dev_utterances, test_utterances=args.test_utterances,
+        speakers=args.speakers, dev_speakers=args.dev_speakers, test_speakers=args.test_speakers,
+        heldout_voice=args.heldout_voice, train_subset=subsets[0], dev_subset=subsets[1], test_subset=subsets[2],
+        text_file=str(args.text or ""), min_words=args.min_words, max_words=args.max_words, vocab=args.vocab,
+        noise_snr=args.noise_snr, reverb_prob=args.reverb_prob, speed_perturb=args.speed_perturb,
+        augment_subsets=args.augment_subsets, seed=args.seed, nj=args.nj), "corpus synth flags")
+    report = synthesize_corpus(cfg)
+    for subset, n in report.utterances.items():
+        print(f"corpus: {args.out / subset}: {n} utterances, {report.seconds[subset] / 3600:.2f} h, "
+              f"{report.speakers[subset]} speakers, {report.sentences[subset]} sentences")
+    print(f"corpus: synthesised {report.synthesized} ({report.synth_audio_seconds:.0f} s of audio, "
+          f"{report.speed:.1f} s audio per wall-second), {report.skipped_existing} already on disk, "
+          f"{report.wall_seconds:.1f} s in all")
+    if report.failures:
+        print(f"asr corpus synth: {len(report.failures)} utterance(s) failed (list in {args.out / FAILURES_FILE})",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _add_manifest(sub) -> None:
+    p = sub.add_parser("manifest", help="import corpora to manifests, export to Kaldi, validate")
+    msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+    imp = msub.add_parser("import", help="LibriSpeech folder, Kaldi data dir, FSDD recordings or TSV -> manifest")
+    isub = imp.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind, what in (("librispeech", "LibriSpeech subset folder (or the root with --subset)"),
+                       ("kaldi", "Kaldi data dir (wav.scp, text, [segments], [utt2spk])"),
+                       ("fsdd", "FSDD recordings/ folder ({digit}_{speaker}_{take}.wav)"),
+                       ("tsv", "TSV file of path<TAB>text lines")):
+        k = isub.add_parser(kind, help=what)
+        k.add_argument("source", type=Path, help=what)
+        k.add_argument("--out", required=True, type=Path, help="output manifest (JSON lines)")
+        k.add_argument("--failures", type=Path, default=None, help="skipped items (default <out>.failures.tsv)")
+        if kind == "librispeech":
+            k.add_argument("--subset", default="", help="subset folder under SOURCE, e.g. dev-clean")
+        if kind == "fsdd":
+            k.add_argument("--split", choices=["train", "test", "all"], default="train",
+                           help="official split: takes 0-4 are test")
+            k.add_argument("--holdout-speaker", default="", help="this speaker's files are test, the rest train")
+        else:
+            k.add_argument("--no-normalize", action="store_true", help="keep transcripts as they are")
+        k.set_defaults(func=_run_manifest_import)
+    exp = msub.add_parser("export-kaldi", help="write a Kaldi data dir from a manifest")
+    exp.add_argument("manifest", type=Path)
+    exp.add_argument("out_dir", type=Path)
+    exp.set_defaults(func=_run_manifest_export_kaldi)
+    val = msub.add_parser("validate", help="check audio, durations, text; split into valid entries and rejects")
+    val.add_argument("manifest", type=Path)
+    val.add_argument("--tokenizer", type=Path, default=None, help="check text against this tokenizer's alphabet")
+    val.add_argument("--out", type=Path, default=None, help="valid entries")
+    val.add_argument("--rejects", type=Path, default=None,
+                     help="rejected lines: line, id, kind, reason (TSV; default <out>.rejects.tsv with --out)")
+    val.add_argument("--duration-tolerance", type=_nonneg_float, default=0.1, help="seconds (default 0.1)")
+    val.set_defaults(func=_run_manifest_validate)
+
+
+def _run_manifest_import(args) -> int:
+    from asr.config import from_dict
+    from asr.data.importers import ImportConfig, import_manifest
+
+    cfg = from_dict(ImportConfig, dict(
+        kind=args.kind, source=str(args.source), out=str(args.out), failures=str(args.failures or ""),
+        subset=getattr(args, "subset", ""), split=getattr(args, "split", "train"),
+        holdout_speaker=getattr(args, "holdout_speaker", ""),
+        normalize=not getattr(args, "no_normalize", False)), "manifest import flags")
+    result = import_manifest(cfg)
+    hours = sum(u.duration for u in result.utterances) / 3600
+    print(f"manifest: {args.out} ({len(result.utterances)} utterances, {hours:.2f} h)")
+    if result.failures:
+        print(f"asr manifest import: skipped {len(result.failures)} item(s) (list in {cfg.failures_path})",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _run_manifest_export_kaldi(args) -> int:
+    from asr.data.importers import export_kaldi
+    from asr.data.manifest import read_manifest
+
+    utts = read_manifest(args.manifest)
+    print(f"kaldi: {export_kaldi(utts, args.out_dir)} ({len(utts)} utterances)")
+    return 0
+
+
+def _run_manifest_validate(args) -> int:
+    from asr.config import from_dict
+    from asr.data.validate import ValidateConfig, validate_manifest
+
+    rejects = args.rejects or (args.out.with_name(args.out.name.removesuffix(".jsonl") + ".rejects.tsv")
+                               if args.out else None)
+    cfg = from_dict(ValidateConfig, dict(
+        manifest=str(args.manifest), tokenizer=str(args.tokenizer or ""), out=str(args.out or ""),
+        rejects=str(rejects or ""), duration_tolerance=args.duration_tolerance), "manifest validate flags")
+    report = validate_manifest(cfg)
+    print(report.summary())
+    if not report.rejects:
+        return 0
+    if rejects:
+        print(f"asr manifest validate: rejected {len(report.rejects)} line(s) (list in {rejects})", file=sys.stderr)
+    else:
+        for r in report.rejects:
+            print(f"  line {r.line} {r.id}: {r.reason}", file=sys.stderr)
+    return EXIT_PARTIAL
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a LAS model (torchrun --nproc-per-node N -m asr train ... for DDP)")
+    p.add_argument("--config", type=Path, help="experiment YAML (sections features/specaug/model/train)")
+    p.add_argument("--train-manifest", required=True, type=Path)
+    p.add_argument("--valid-manifest", required=True, type=Path)
+    p.add_argument("--tokenizer", required=True, type=Path, help="sentencepiece .model file")
+    p.add_argument("--exp-dir", required=True, type=Path)
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    p.add_argument("--cmvn", type=Path, help="cmvn.json (e.g. from asr features); computed when absent")
+    p.add_argument("-o", "--override", action="append", metavar="SECTION.KEY=VALUE", help="config override")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from asr.config import load_experiment_config
+    from asr.train import train
+
+    cfg = load_experiment_config(args.config, _overrides(args.override))
+    result = train(cfg, args.train_manifest, args.valid_manifest, args.tokenizer, args.exp_dir,
+                   resume=args.resume, cmvn_path=args.cmvn)
+    print(f"train: {result.steps} steps, best dev loss {result.best_dev_loss:.4f}, "
+          f"WER {100 * result.best_dev_wer:.2f}%; model folder {result.final_dir}")
+    if result.failed_utts:
+        print(f"train: skipped {result.failed_utts} unreadable utterance(s), see {args.exp_dir}/failures.tsv")
+        return EXIT_PARTIAL
+    return 0
+
+
+def _add_average(sub) -> None:
+    p = sub.add_parser("average", help="average checkpoints of an experiment into a model folder")
+    p.add_argument("--exp-dir", required=True, type=Path)
+    p.add_argument("--n", type=_positive_int, default=5, help="number of checkpoints to average")
+    p.add_argument("--mode", choices=["best", "last"], default="best",
+                   help="best: lowest dev loss (exp/best); last: newest training checkpoints")
+    p.add_argument("--out", required=True, type=Path, help="output model folder, e.g. exp/final")
+    p.set_defaults(func=_run_average)
+
+
+def _run_average(args) -> int:
+    from asr.train import average_model
+
+    out = average_model(args.exp_dir, args.n, args.mode, args.out)
+    print(f"average: wrote {out}")
+    return 0
+
+
 # >>> command registrations: add your `_add_<name>` to this list (one line each) >>>
 COMMANDS = [
+    _add_corpus,
+    _add_manifest,
+    _add_features,
     _add_tokenizer,
+    _add_results,
+    _add_transcribe,
+    _add_decode,
+    _add_score,
+    _add_train_lm,
+    _add_train,
+    _add_average,
 ]
 # <<< command registrations <<<
 

@@ -54,7 +54,7 @@ def parse_entry(obj: Any, path: str | Path, line: int, base: Path | None = None)
     try:
         duration = float(obj["duration"])
         offset = float(obj.get("offset", 0.0) or 0.0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ManifestError(path, "'duration' and 'offset' must be numbers", line) from None
     if not (duration >= 0.0) or not (offset >= 0.0) or duration == float("inf"):
         raise ManifestError(path, "'duration' and 'offset' must be finite and non-negative", line)
@@ -94,8 +94,11 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[Utterance
     for i, text in iter_manifest_lines(path):
         try:
             obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ManifestError(path, f"invalid JSON ({getattr(e, 'msg', 'too deeply nested')})", i) from None
+        except json.JSONDecodeError as e:
+            raise ManifestError(path, f"invalid JSON ({e.msg})", i) from None
+        except (ValueError, RecursionError):
+            # Integers beyond Python's digit limit, or nesting beyond the recursion limit.
+            raise ManifestError(path, "invalid JSON (number too large or nesting too deep)", i) from None
         utt = parse_entry(obj, path, i, base)
         if utt.id in seen:
             raise ManifestError(path, f"duplicate id '{utt.id}'", i)

@@ -1,0 +1,647 @@
+"""Listen-Attend-Spell with a joint CTC head (Chan et al. 2016; Kim, Hori & Watanabe 2017).
+
+The network has three parts:
+
+* :class:`Listener` - optional frame stacking, plain BLSTM layers, then pyramidal BLSTM layers that each
+  halve the frame rate by concatenating adjacent frame pairs. Packed sequences keep padding out of
+  every real utterance's output.
+* :class:`Speller` - an LSTM decoder with input feeding (the previous attention context enters the
+  first layer) and additive attention: location-aware (Chorowski et al. 2015), content-only, or several
+  location-aware heads.
+* a CTC head on the listener output; the training loss is
+  ``ctc_weight * ctc_loss + (1 - ctc_weight) * attention_loss``. ``ctc_weight == 1`` builds no speller,
+  ``ctc_weight == 0`` builds no CTC head.
+
+Both losses are sums over tokens divided by the batch size. Token ids come from :mod:`asr.tokenizer`:
+the decoder input starts with ``SOS_ID`` and the target sequence is ``tokens + [EOS_ID]``.
+
+Beam search reorders a :class:`DecoderState` with ``DecoderState(*(t.index_select(0, idx) for t in
+state))``; the encoder key projection travels inside the state (``keys``), so it is computed once per
+utterance by :meth:`Speller.init_state` and reordered with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from asr.tokenizer import BLANK_ID, EOS_ID, IGNORE_ID, SOS_ID
+
+ATTENTION_TYPES = ("location", "content", "multihead")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and loss settings of the LAS model. Defaults train in reasonable time on 2 CPU cores."""
+
+    n_mels: int = 80
+    vocab_size: int = 0  # 0 = not set yet; the trainer sets it from the tokenizer
+    frame_stack: int = 1  # stack (and subsample) this many input frames before the listener
+    listener_hidden: int = 256  # per direction
+    listener_layers: int = 1  # plain BLSTM layers before the pyramid
+    pyramid_layers: int = 2  # each halves the frame rate: time reduction frame_stack * 2**pyramid_layers
+    dropout: float = 0.1  # between listener layers
+    attention: str = "location"  # "location" | "content" | "multihead"
+    attention_dim: int = 128
+    attention_heads: int = 4  # multihead only
+    location_channels: int = 10
+    location_kernel: int = 31  # odd, in encoder frames
+    embed_dim: int = 128
+    decoder_hidden: int = 256
+    decoder_layers: int = 1
+    decoder_dropout: float = 0.1
+    ctc_weight: float = 0.3  # 0 = pure attention, 1 = pure CTC (no speller)
+    label_smoothing: float = 0.1
+    sampling_prob: float = 0.0  # scheduled sampling: feed back the argmax with this probability
+    # An asr.specaugment policy name; "custom" takes the values of the specaug config section.
+    specaug_policy: str = "SM"
+
+    def __post_init__(self):
+        checks = [
+            (self.n_mels >= 1, "n_mels must be >= 1"),
+            (self.vocab_size == 0 or self.vocab_size > 3, "vocab_size must be > 3 (blank, unk, sos/eos + tokens)"),
+            (self.frame_stack >= 1, "frame_stack must be >= 1"),
+            (self.listener_hidden >= 1, "listener_hidden must be >= 1"),
+            (self.listener_layers >= 0, "listener_layers must be >= 0"),
+            (self.pyramid_layers >= 0, "pyramid_layers must be >= 0"),
+            (self.listener_layers + self.pyramid_layers >= 1, "the listener needs at least one layer"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.attention in ATTENTION_TYPES, f"attention must be one of {', '.join(ATTENTION_TYPES)}"),
+            (self.attention_dim >= 1, "attention_dim must be >= 1"),
+            (self.attention_heads >= 1, "attention_heads must be >= 1"),
+            (self.location_channels >= 1, "location_channels must be >= 1"),
+            (self.location_kernel >= 1 and self.location_kernel % 2 == 1, "location_kernel must be odd and >= 1"),
+            (self.embed_dim >= 1, "embed_dim must be >= 1"),
+            (self.decoder_hidden >= 1, "decoder_hidden must be >= 1"),
+            (self.decoder_layers >= 1, "decoder_layers must be >= 1"),
+            (0.0 <= self.decoder_dropout < 1.0, "decoder_dropout must be in [0, 1)"),
+            (0.0 <= self.ctc_weight <= 1.0, "ctc_weight must be in [0, 1]"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (0.0 <= self.sampling_prob <= 1.0, "sampling_prob must be in [0, 1]"),
+        ]
+        from asr.specaugment import POLICIES
+
+        policies = (*POLICIES, "custom", "none")
+        checks.append((self.specaug_policy in policies, f"specaug_policy must be one of {', '.join(policies)}"))
+        if self.attention == "multihead":
+            heads = self.attention_heads
+            checks += [
+                (self.attention_dim % heads == 0, "attention_dim must be divisible by attention_heads"),
+                ((2 * self.listener_hidden) % heads == 0, "2 * listener_hidden must be divisible by attention_heads"),
+            ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def time_reduction(self) -> int:
+        """Input frames per encoder frame."""
+        return self.frame_stack * 2**self.pyramid_layers
+
+    @property
+    def encoder_dim(self) -> int:
+        return 2 * self.listener_hidden
+
+
+def output_lengths(lengths: Tensor | int, cfg: ModelConfig) -> Tensor | int:
+    """Encoder frames for ``lengths`` input frames: ``max(lengths, R) // R`` with R = cfg.time_reduction.
+
+    Stacking drops the frames left over after the last full stack and each pyramid layer drops an odd
+    last frame, so the reductions compose to one floor division. Utterances shorter than R frames are
+    zero-padded to R so that every utterance keeps at least one encoder frame.
+    lengths: (batch,) long, or an int.
+    """
+    r = cfg.time_reduction
+    if isinstance(lengths, int):
+        return max(lengths, r) // r
+    return torch.div(lengths.clamp(min=r), r, rounding_mode="floor")
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
+    """Boolean mask (batch, max_len), True on valid positions. lengths: (batch,)."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device) < lengths[:, None]
+
+
+# ------------------------------------------------------------------------------------------------
+# Listener
+# ------------------------------------------------------------------------------------------------
+
+
+def _run_packed(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
+    """Run a batch-first LSTM on the valid frames only. x: (B, T, in) -> (B, T, out), zeros on padding."""
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+    return out
+
+
+def stack_frames(x: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Concatenate each run of ``k`` frames into one, dropping the leftover tail.
+
+    x: (B, T, F) -> (B, T // k, k * F); lengths: (B,) -> lengths // k.
+    """
+    if k == 1:
+        return x, lengths
+    b, t, f = x.shape
+    t = t // k
+    return x[:, : t * k].reshape(b, t, k * f), torch.div(lengths, k, rounding_mode="floor")
+
+
+class Listener(nn.Module):
+    """Frame stacking, ``listener_layers`` BLSTM layers, then ``pyramid_layers`` pyramidal BLSTM layers."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.frame_stack = cfg.frame_stack
+        hidden = cfg.listener_hidden
+        dim = cfg.n_mels * cfg.frame_stack
+        self.blstm = None
+        if cfg.listener_layers > 0:
+            self.blstm = nn.LSTM(
+                dim,
+                hidden,
+                num_layers=cfg.listener_layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=cfg.dropout if cfg.listener_layers > 1 else 0.0,
+            )
+            dim = 2 * hidden
+        self.pyramid = nn.ModuleList()
+        for _ in range(cfg.pyramid_layers):
+            self.pyramid.append(nn.LSTM(2 * dim, hidden, batch_first=True, bidirectional=True))
+            dim = 2 * hidden
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output_dim = dim
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, T, n_mels) zero beyond each length; lengths: (B,) >= time reduction.
+
+        Returns enc (B, T', 2 * listener_hidden) and enc_lengths (B,), with T' = T // reduction.
+        """
+        x, lengths = stack_frames(x, lengths, self.frame_stack)
+        if self.blstm is not None:
+            x = _run_packed(self.blstm, x, lengths)
+        for lstm in self.pyramid:
+            x = self.dropout(x)
+            x, lengths = stack_frames(x, lengths, 2)
+            x = _run_packed(lstm, x, lengths)
+        return self.dropout(x), lengths
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention
+# ------------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Additive attention, with location features ("location", "multihead") and one or more heads.
+
+    Energy of head h at frame t: ``w_h . tanh(K_h enc_t + Q_h s + L_h (F_h * a_prev_h)_t)`` where
+    ``a_prev_h`` is the head's previous alignment and ``F_h`` a 1-D convolution. The key term does
+    not depend on the decoder step, so :meth:`precompute` computes it once per utterance. Several heads
+    each attend on their own and their contexts (each projected to ``enc_dim / heads``) are concatenated.
+    """
+
+    def __init__(self, cfg: ModelConfig, enc_dim: int, query_dim: int):
+        super().__init__()
+        self.heads = cfg.attention_heads if cfg.attention == "multihead" else 1
+        self.head_dim = cfg.attention_dim // self.heads
+        dim = self.heads * self.head_dim
+        self.key = nn.Linear(enc_dim, dim)
+        self.query = nn.Linear(query_dim, dim, bias=False)
+        self.score = nn.Parameter(torch.empty(self.heads, self.head_dim, 1))
+        nn.init.uniform_(self.score, -1 / math.sqrt(self.head_dim), 1 / math.sqrt(self.head_dim))
+        self.location = None
+        if cfg.attention != "content":
+            channels = cfg.location_channels
+            self.location = nn.Conv1d(
+                self.heads,
+                self.heads * channels,
+                cfg.location_kernel,
+                padding=cfg.location_kernel // 2,
+                groups=self.heads,
+                bias=False,
+            )
+            self.location_proj = nn.Parameter(torch.empty(self.heads, channels, self.head_dim))
+            nn.init.uniform_(self.location_proj, -1 / math.sqrt(channels), 1 / math.sqrt(channels))
+        self.value = None
+        if self.heads > 1:
+            bound = 1 / math.sqrt(enc_dim)
+            self.value = nn.Parameter(torch.empty(self.heads, enc_dim, enc_dim // self.heads))
+            nn.init.uniform_(self.value, -bound, bound)
+
+    def precompute(self, enc: Tensor) -> Tensor:
+        """Encoder key projection. enc: (N, T', D) -> keys (N, heads, T', head_dim)."""
+        n, t, _ = enc.shape
+        return self.key(enc).view(n, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def initial_alignment(self, enc_mask: Tensor) -> Tensor:
+        """Uniform alignment over the valid frames. enc_mask: (N, T') -> (N, heads, T')."""
+        uniform = enc_mask.float() / enc_mask.sum(1, keepdim=True).clamp(min=1)
+        return uniform[:, None, :].expand(-1, self.heads, -1).contiguous()
+
+    def forward(
+        self, query: Tensor, keys: Tensor, enc: Tensor, enc_mask: Tensor, prev: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One attention step.
+
+        query: (N, Q) decoder state; keys: (N, heads, T', head_dim) from :meth:`precompute`;
+        enc: (N, T', D); enc_mask: (N, T') True on valid frames; prev: (N, heads, T') previous alignment.
+        Returns context (N, D) and weights (N, heads, T') that sum to 1 over the valid frames.
+        """
+        n = query.size(0)
+        q = self.query(query).view(n, self.heads, 1, self.head_dim)
+        energy = keys + q
+        if self.location is not None:
+            loc = self.location(prev)  # (N, heads * C, T')
+            loc = loc.view(n, self.heads, -1, loc.size(-1)).transpose(2, 3)  # (N, heads, T', C)
+            energy = energy + torch.matmul(loc, self.location_proj)
+        scores = torch.matmul(torch.tanh(energy), self.score).squeeze(-1)  # (N, heads, T')
+        scores = scores.masked_fill(~enc_mask[:, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(weights, enc)  # (N, heads, D)
+        if self.value is not None:
+            context = torch.matmul(context.unsqueeze(2), self.value).view(n, -1)
+        else:
+            context = context.squeeze(1)
+        return context, weights
+
+
+# ------------------------------------------------------------------------------------------------
+# Speller
+# ------------------------------------------------------------------------------------------------
+
+
+class DecoderState(NamedTuple):
+    """Speller state between steps; every tensor has the batch (or beam) on dim 0.
+
+    h, c: (N, decoder_layers, decoder_hidden); context: (N, enc_dim) previous attention context;
+    alignment: (N, heads, T') previous attention weights; keys: (N, heads, T', head_dim) encoder key
+    projection (constant across steps, carried here so that beam reordering keeps it aligned).
+    """
+
+    h: Tensor
+    c: Tensor
+    context: Tensor
+    alignment: Tensor
+    keys: Tensor
+
+
+def _lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM cell nonlinearity in PyTorch's gate order (i, f, g, o). gates: (N, 4H); c: (N, H)."""
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class Speller(nn.Module):
+    """Attention decoder: embedding, LSTM cells with input feeding, attention, output projection.
+
+    The first cell's input is ``[embedding(y_{i-1}); context_{i-1}]``; the top cell's state queries
+    the attention, and the output projection reads ``[state_i; context_i]``.
+    """
+
+    def __init__(self, cfg: ModelConfig, enc_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        hidden = cfg.decoder_hidden
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.cells = nn.ModuleList([nn.LSTMCell(cfg.embed_dim + enc_dim, hidden)])
+        self.cells.extend(nn.LSTMCell(hidden, hidden) for _ in range(cfg.decoder_layers - 1))
+        for cell in self.cells:
+            # A forget-gate bias of 1 keeps early gradients flowing through the cell state.
+            with torch.no_grad():
+                cell.bias_ih[hidden : 2 * hidden].fill_(1.0)
+                cell.bias_hh[hidden : 2 * hidden].zero_()
+        self.attention = Attention(cfg, enc_dim, hidden)
+        self.output = nn.Linear(hidden + enc_dim, cfg.vocab_size)
+        self.dropout = nn.Dropout(cfg.decoder_dropout)
+        self.enc_dim = enc_dim
+
+    # -- pieces shared by step() and the teacher-forced loop, so both compute the same numbers --
+
+    def _first_layer_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Split cell 0's weights into the embedding part and the [context; h] part.
+
+        Returns w_embed (4H, E), w_rest_t ([D + H], 4H) transposed for addmm, bias (4H,).
+        """
+        cell = self.cells[0]
+        e = self.cfg.embed_dim
+        w_embed = cell.weight_ih[:, :e]
+        w_rest_t = torch.cat([cell.weight_ih[:, e:], cell.weight_hh], 1).t()
+        return w_embed, w_rest_t, cell.bias_ih + cell.bias_hh
+
+    def _embed_gates(self, tokens: Tensor, w_embed: Tensor, bias: Tensor) -> Tensor:
+        """Input-side gates of cell 0 from tokens (...,) -> (..., 4H)."""
+        return F.linear(self.dropout(self.embed(tokens)), w_embed, bias)
+
+    def _cells(
+        self, embed_gates: Tensor, w_rest_t: Tensor, h: list[Tensor], c: list[Tensor], context: Tensor
+    ) -> Tensor:
+        """Advance every cell one step in place in ``h``/``c``; returns the top state (N, H)."""
+        gates = torch.addmm(embed_gates, torch.cat([context, h[0]], 1), w_rest_t)
+        h[0], c[0] = _lstm_pointwise(gates, c[0])
+        for layer in range(1, len(self.cells)):
+            h[layer], c[layer] = self.cells[layer](self.dropout(h[layer - 1]), (h[layer], c[layer]))
+        return h[-1]
+
+    def _logits(self, top: Tensor, context: Tensor) -> Tensor:
+        """(..., H), (..., D) -> (..., V)."""
+        return self.output(self.dropout(torch.cat([top, context], -1)))
+
+    # -- public API --
+
+    def init_state(self, enc: Tensor, enc_lengths: Tensor) -> DecoderState:
+        """State before the first step. enc: (N, T', D); enc_lengths: (N,)."""
+        n = enc.size(0)
+        zeros = enc.new_zeros(n, len(self.cells), self.cfg.decoder_hidden)
+        mask = lengths_to_mask(enc_lengths, enc.size(1))
+        return DecoderState(
+            h=zeros,
+            c=zeros.clone(),
+            context=enc.new_zeros(n, self.enc_dim),
+            alignment=self.attention.initial_alignment(mask),
+            keys=self.attention.precompute(enc),
+        )
+
+    def step(
+        self, tokens: Tensor, state: DecoderState, enc: Tensor, enc_mask: Tensor
+    ) -> tuple[Tensor, DecoderState, Tensor]:
+        """One decoding step.
+
+        tokens: (N,) long previous tokens (SOS_ID at the start); enc: (N, T', D); enc_mask: (N, T') bool,
+        True on valid frames. Returns log_probs (N, V), the new state, and attention (N, T') (mean over
+        heads).
+        """
+        w_embed, w_rest_t, bias = self._first_layer_weights()
+        h, c = list(state.h.unbind(1)), list(state.c.unbind(1))
+        top = self._cells(self._embed_gates(tokens, w_embed, bias), w_rest_t, h, c, state.context)
+        context, weights = self.attention(top, state.keys, enc, enc_mask, state.alignment)
+        log_probs = torch.log_softmax(self._logits(top, context), dim=-1)
+        new_state = DecoderState(torch.stack(h, 1), torch.stack(c, 1), context, weights, state.keys)
+        return log_probs, new_state, weights.mean(1)
+
+    def forward(
+        self, enc: Tensor, enc_lengths: Tensor, inputs: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced decoding of whole sequences (with scheduled sampling in training mode).
+
+        enc: (B, T', D); enc_lengths: (B,); inputs: (B, S) decoder inputs (SOS_ID then the tokens; any
+        valid id on padding). Returns logits (B, S, V) and attention (B, S, T') (mean over heads).
+        """
+        state = self.init_state(enc, enc_lengths)
+        mask = lengths_to_mask(enc_lengths, enc.size(1))
+        w_embed, w_rest_t, bias = self._first_layer_weights()
+        h, c = list(state.h.unbind(1)), list(state.c.unbind(1))
+        context, alignment, keys = state.context, state.alignment, state.keys
+        sampling = self.training and self.cfg.sampling_prob > 0
+        # Without sampling every input is known: one big matmul for all steps instead of one per step.
+        all_gates = None if sampling else self._embed_gates(inputs, w_embed, bias).unbind(1)
+        tops, contexts, weights, logits = [], [], [], []
+        token = inputs[:, 0]
+        for t in range(inputs.size(1)):
+            if sampling:
+                if t > 0:
+                    feed_back = torch.rand(token.shape, device=token.device) < self.cfg.sampling_prob
+                    token = torch.where(feed_back, logits[-1].detach().argmax(-1), inputs[:, t])
+                gates = self._embed_gates(token, w_embed, bias)
+            else:
+                gates = all_gates[t]
+            top = self._cells(gates, w_rest_t, h, c, context)
+            context, alignment = self.attention(top, keys, enc, mask, alignment)
+            if sampling:
+                logits.append(self._logits(top, context))
+            tops.append(top)
+            contexts.append(context)
+            weights.append(alignment)
+        if sampling:
+            out = torch.stack(logits, 1)
+        else:
+            # One projection for all steps after the loop.
+            out = self._logits(torch.stack(tops, 1), torch.stack(contexts, 1))
+        return out, torch.stack(weights, 1).mean(2)
+
+
+# ------------------------------------------------------------------------------------------------
+# LAS
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """Result of :meth:`LAS.forward`.
+
+    loss, att_loss, ctc_loss: scalar tensors (sums over tokens / batch size; a part that the config
+    leaves out is a zero tensor). n_correct, n_tokens: attention-decoder argmax hits and target tokens
+    (EOS included). attention: (B, U + 1, T') detached, or None without a speller.
+    """
+
+    loss: Tensor
+    att_loss: Tensor
+    ctc_loss: Tensor
+    n_correct: int
+    n_tokens: int
+    attention: Tensor | None
+
+
+def decoder_io(targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Decoder inputs and outputs from padded targets.
+
+    targets: (B, U) padded with IGNORE_ID; target_lengths: (B,). Returns inputs (B, U + 1) =
+    ``[SOS_ID] + tokens`` (EOS_ID on padding, a valid id whose output is ignored) and outputs (B, U + 1)
+    = ``tokens + [EOS_ID]`` padded with IGNORE_ID.
+    """
+    b, u = targets.shape
+    valid = lengths_to_mask(target_lengths, u)
+    tokens = targets.masked_fill(~valid, EOS_ID)
+    sos = targets.new_full((b, 1), SOS_ID)
+    inputs = torch.cat([sos, tokens], 1)
+    outputs = torch.cat([targets.masked_fill(~valid, IGNORE_ID), targets.new_full((b, 1), IGNORE_ID)], 1)
+    outputs[torch.arange(b, device=targets.device), target_lengths] = EOS_ID
+    return inputs, outputs
+
+
+class LAS(nn.Module):
+    """Listen-Attend-Spell with joint CTC, global CMVN and SpecAugment (training mode only).
+
+    ``specaug`` (an ``asr.specaugment.SpecAugmentConfig``) supplies the augmentation settings; its
+    policy is replaced by ``cfg.specaug_policy``, which decides. Without it the policy's defaults apply.
+    """
+
+    def __init__(self, cfg: ModelConfig, specaug=None):
+        super().__init__()
+        if cfg.vocab_size <= 3:
+            raise ValueError(f"ModelConfig.vocab_size must be > 3, got {cfg.vocab_size} (set it from the tokenizer)")
+        self.cfg = cfg
+        self.register_buffer("cmvn_mean", torch.zeros(cfg.n_mels))
+        self.register_buffer("cmvn_istd", torch.ones(cfg.n_mels))
+        self.specaug = _build_specaug(cfg.specaug_policy, specaug)
+        self.listener = Listener(cfg)
+        enc_dim = self.listener.output_dim
+        self.decoder = Speller(cfg, enc_dim) if cfg.ctc_weight < 1.0 else None
+        self.ctc = nn.Linear(enc_dim, cfg.vocab_size) if cfg.ctc_weight > 0.0 else None
+
+    @property
+    def time_reduction(self) -> int:
+        """Input frames per encoder frame."""
+        return self.cfg.time_reduction
+
+    def set_cmvn(self, mean: Tensor, std: Tensor) -> None:
+        """Set the global feature normalisation. mean, std: (n_mels,)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.cfg.n_mels or std.numel() != self.cfg.n_mels:
+            raise ValueError(f"CMVN has {mean.numel()}/{std.numel()} dims, the model expects {self.cfg.n_mels}")
+        self.cmvn_mean.copy_(mean)
+        # Floor the std so that a constant feature dimension does not blow up.
+        self.cmvn_istd.copy_(1.0 / std.clamp(min=1e-5))
+
+    def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalise, augment (training only) and listen.
+
+        feats: (B, T, n_mels); lengths: (B,) long. Returns enc (B, T', 2 * listener_hidden) and
+        enc_lengths (B,) = output_lengths(lengths). Values on padded frames never affect valid outputs.
+        """
+        lengths = lengths.to(torch.long)
+        x = (feats - self.cmvn_mean) * self.cmvn_istd
+        if self.training and self.specaug is not None:
+            x = _apply_specaug(self.specaug, x, lengths)
+        r = self.cfg.time_reduction
+        if x.size(1) < r:
+            x = F.pad(x, (0, 0, 0, r - x.size(1)))
+        # Zero the padding (whatever the caller padded with) so utterances shorter than the reduction
+        # see the same zeros alone as inside a batch.
+        x = x.masked_fill(~lengths_to_mask(lengths, x.size(1))[..., None], 0.0)
+        return self.listener(x, lengths.clamp(min=r))
+
+    def ctc_log_probs(self, enc: Tensor) -> Tensor:
+        """CTC log-probabilities. enc: (B, T', D) -> (B, T', V), log_softmax over V."""
+        if self.ctc is None:
+            raise RuntimeError("this model has no CTC head (ctc_weight == 0)")
+        return torch.log_softmax(self.ctc(enc), dim=-1)
+
+    def forward(
+        self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor
+    ) -> ModelOutput:
+        """Training loss of a batch.
+
+        feats: (B, T, n_mels); feat_lengths: (B,); targets: (B, U) token ids padded with IGNORE_ID
+        (no SOS/EOS); target_lengths: (B,).
+        """
+        enc, enc_lengths = self.encode(feats, feat_lengths)
+        batch = feats.size(0)
+        zero = enc.new_zeros(())
+        ctc_loss, att_loss, attention = zero, zero, None
+        n_correct, n_tokens = 0, 0
+        if self.ctc is not None:
+            ctc_loss = self._ctc_loss(enc, enc_lengths, targets, target_lengths) / batch
+        if self.decoder is not None:
+            inputs, outputs = decoder_io(targets, target_lengths)
+            logits, attention = self.decoder(enc, enc_lengths, inputs)
+            att_loss = (
+                F.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)),
+                    outputs.reshape(-1),
+                    ignore_index=IGNORE_ID,
+                    label_smoothing=self.cfg.label_smoothing,
+                    reduction="sum",
+                )
+                / batch
+            )
+            valid = outputs != IGNORE_ID
+            n_correct = int((logits.detach().argmax(-1).eq(outputs) & valid).sum())
+            n_tokens = int(valid.sum())
+            attention = attention.detach()
+        else:
+            n_tokens = int(target_lengths.sum()) + batch
+        w = self.cfg.ctc_weight
+        loss = w * ctc_loss + (1.0 - w) * att_loss
+        return ModelOutput(loss, att_loss, ctc_loss, n_correct, n_tokens, attention)
+
+    def _ctc_loss(self, enc: Tensor, enc_lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """Summed CTC loss over the batch."""
+        log_probs = self.ctc_log_probs(enc).transpose(0, 1)  # (T', B, V) as F.ctc_loss wants
+        valid = lengths_to_mask(target_lengths, targets.size(1))
+        return F.ctc_loss(
+            log_probs,
+            targets[valid],
+            enc_lengths,
+            target_lengths,
+            blank=BLANK_ID,
+            reduction="sum",
+            zero_infinity=True,
+        )
+
+
+def _build_specaug(policy: str, specaug_cfg) -> nn.Module | None:
+    if policy == "none":
+        return None
+    from asr.specaugment import SpecAugment, SpecAugmentConfig
+
+    base = specaug_cfg if specaug_cfg is not None else SpecAugmentConfig()
+    return SpecAugment(dataclasses.replace(base, policy=policy))
+
+
+def _apply_specaug(module: nn.Module, x: Tensor, lengths: Tensor) -> Tensor:
+    out = module(x, lengths)
+    return out[0] if isinstance(out, tuple) else out
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOP count (for the training benchmark)
+# ------------------------------------------------------------------------------------------------
+
+
+def _lstm_macs(in_dim: int, hidden: int) -> int:
+    return 4 * hidden * (in_dim + hidden)
+
+
+def count_flops(cfg: ModelConfig, frames: int | Sequence[int], tokens: int | Sequence[int]) -> float:
+    """Analytic FLOPs of one forward + backward pass (matrix products only, backward = 2 x forward).
+
+    frames: input frames of each utterance (or one int); tokens: target tokens of each utterance
+    (without EOS; the decoder runs tokens + 1 steps). Element-wise work (activations, softmax, losses) is
+    left out: it is small next to the products and runs below matmul speed anyway.
+    """
+    frames = [frames] if isinstance(frames, int) else list(frames)
+    tokens = [tokens] if isinstance(tokens, int) else list(tokens)
+    if len(frames) != len(tokens):
+        raise ValueError("frames and tokens must have one entry per utterance")
+    hidden, d = cfg.listener_hidden, cfg.encoder_dim
+    heads = cfg.attention_heads if cfg.attention == "multihead" else 1
+    macs = 0
+    for n_frames, n_tokens in zip(frames, tokens, strict=True):
+        t = max(n_frames, cfg.time_reduction) // cfg.frame_stack
+        dim = cfg.n_mels * cfg.frame_stack
+        for _ in range(cfg.listener_layers):
+            macs += 2 * t * _lstm_macs(dim, hidden)
+            dim = d
+        for _ in range(cfg.pyramid_layers):
+            t //= 2
+            macs += 2 * t * _lstm_macs(2 * dim, hidden)
+            dim = d
+        steps = n_tokens + 1
+        if cfg.ctc_weight > 0:
+            macs += t * d * cfg.vocab_size
+        if cfg.ctc_weight < 1:
+            macs += t * d * cfg.attention_dim  # key projection
+            per_step = _lstm_macs(cfg.embed_dim + d, cfg.decoder_hidden)
+            per_step += (cfg.decoder_layers - 1) * _lstm_macs(cfg.decoder_hidden, cfg.decoder_hidden)
+            per_step += cfg.decoder_hidden * cfg.attention_dim  # query
+            per_step += t * cfg.attention_dim  # energies
+            per_step += heads * t * d  # contexts
+            if cfg.attention != "content":
+                per_step += heads * t * cfg.location_channels * (cfg.location_kernel + cfg.attention_dim // heads)
+            if heads > 1:
+                per_step += d * d // heads * heads
+            per_step += (cfg.decoder_hidden + d) * cfg.vocab_size  # output projection
+            macs += steps * per_step
+    return 3.0 * 2.0 * macs

@@ -1,0 +1,158 @@
+"""Shared fixtures: a tiny flite-synthesized corpus and a model really trained on it.
+
+``tiny_corpus``   ~20 utterances of 1-3 words from an 8-word vocabulary (16 kHz WAV), a manifest and a small
+                  unigram tokenizer; skipped when flite is not installed.
+``tiny_model_dir`` a model folder (asr.checkpoint layout) trained on ``tiny_corpus`` until its greedy
+                  training WER is about 0; built once per session (about 30-60 s on 2 cores).
+``tiny_config``   factory for the tiny experiment config those use, for tests that train their own.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ["yes", "no", "up", "down", "left", "right", "stop", "go"]
+NUM_UTTS = 20
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class TinyCorpus:
+    """Files of the tiny corpus; ``utts`` are ``asr.data.manifest.Utterance``."""
+
+    root: Path
+    manifest: Path
+    tokenizer_path: Path
+    texts: tuple[str, ...]
+
+    @property
+    def utts(self):
+        from asr.data.manifest import read_manifest
+
+        return read_manifest(self.manifest)
+
+    @property
+    def tokenizer(self):
+        from asr.tokenizer import Tokenizer
+
+        return Tokenizer.load(self.tokenizer_path)
+
+
+def _tiny_texts(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    texts = list(WORDS)  # every word at least once on its own
+    while len(texts) < n:
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 3))))
+    return texts[:n]
+
+
+def _synthesize(text: str, path: Path) -> float:
+    """flite -> 16 kHz mono WAV at ``path``; returns the duration in seconds."""
+    import numpy as np
+    import soundfile as sf
+
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["flite", "-voice", "slt", "-t", text, "-o", str(raw)], check=True, capture_output=True)
+    wave, sr = sf.read(raw, dtype="float32", always_2d=True)
+    wave = wave.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(sr, SAMPLE_RATE)
+        wave = resample_poly(wave, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    sf.write(path, wave, SAMPLE_RATE, subtype="PCM_16")
+    raw.unlink()
+    return len(wave) / SAMPLE_RATE
+
+
+def make_tiny_corpus(root: Path, n: int = NUM_UTTS) -> TinyCorpus:
+    """Synthesize the corpus into ``root`` (wav/, train.jsonl, tokenizer.model)."""
+    from asr.data.manifest import Utterance, write_manifest
+    from asr.tokenizer import Tokenizer
+
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed (apt-get install flite)")
+    texts = _tiny_texts(n)
+    utts = []
+    for i, text in enumerate(texts):
+        wav = root / "wav" / f"utt{i:03d}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        duration = _synthesize(text, wav)
+        utts.append(Utterance(f"utt{i:03d}", str(wav), round(duration, 4), text.upper(), "slt"))
+    manifest = root / "train.jsonl"
+    write_manifest(manifest, utts)
+    tok = Tokenizer.train([u.text for u in utts], root / "tokenizer", vocab_size=30, model_type="unigram")
+    return TinyCorpus(root, manifest, tok.model_path, tuple(u.text for u in utts))
+
+
+def tiny_experiment_config(**train):
+    """The small, fast experiment config of the tiny fixtures; ``train`` overrides train-section keys."""
+    from asr.config import ExperimentConfig
+
+    sections = {
+        "features": {"n_mels": 40},
+        "model": {
+            "listener_hidden": 64, "listener_layers": 1, "pyramid_layers": 2, "dropout": 0.0,
+            "attention": "location", "attention_dim": 64, "location_channels": 4, "location_kernel": 11,
+            "embed_dim": 32, "decoder_hidden": 96, "decoder_dropout": 0.0, "ctc_weight": 0.3,
+            "label_smoothing": 0.0, "specaug_policy": "none",
+        },
+        "train": {
+            "seed": 0, "lr": 4e-3, "warmup_steps": 15, "lr_schedule": "constant", "max_epochs": 200,
+            "max_steps": 220, "max_duration": 6.0, "num_buckets": 2, "grad_clip": 5.0, "num_workers": 0,
+            "checkpoint_every_steps": 0, "keep_best": 2, "average_n": 1, "dev_wer_utts": 4,
+            "log_every": 20, "plots": False, "tensorboard": False, "num_threads": 1, **train,
+        },
+    }
+    return ExperimentConfig.from_sections(sections, "tiny")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_threads():
+    """One intra-op thread: the 2 cores are shared with other test runs, and oversubscribed OpenMP
+    threads spin-wait (a tiny training step measured 0.4 s with 1 thread, 3-36 s with 2 under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> TinyCorpus:
+    """~20 flite utterances (1-3 words, 8-word vocabulary), manifest and unigram tokenizer."""
+    return make_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+@pytest.fixture
+def tiny_config():
+    """Factory: ``tiny_config(**train_overrides) -> ExperimentConfig``."""
+    return tiny_experiment_config
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tiny_corpus, tmp_path_factory):
+    """``(TrainResult, exp_dir)`` of the session's tiny training run (train = dev = tiny_corpus)."""
+    from asr.data.manifest import write_manifest
+    from asr.train import train
+
+    exp_dir = tmp_path_factory.mktemp("tiny_exp")
+    # A small dev set keeps per-epoch validation cheap; tests decode the training set themselves.
+    dev = exp_dir.parent / "tiny_dev.jsonl"
+    write_manifest(dev, tiny_corpus.utts[:4])
+    result = train(tiny_experiment_config(), tiny_corpus.manifest, dev, tiny_corpus.tokenizer_path, exp_dir)
+    return result, exp_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_training) -> Path:
+    """A model folder (model.pt, config.yaml, tokenizer.model) trained on tiny_corpus to ~0 greedy WER."""
+    return tiny_training[0].final_dir

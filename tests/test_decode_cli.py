@@ -1,0 +1,102 @@
+"""End to end: `asr decode`, `asr score` and `asr train-lm` on the session's really trained tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asr.cli import EXIT_PARTIAL, EXIT_USER_ERROR, main
+from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def manifest_with_bad_audio(tiny_corpus, tmp_path_factory):
+    """Seven utterances of the tiny corpus with an unreadable file in the middle."""
+    root = tmp_path_factory.mktemp("decode_cli")
+    bad = root / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(100))
+    utts = read_manifest(tiny_corpus.manifest)[:6]
+    utts.insert(3, Utterance("broken", str(bad), 1.0, "YES", "slt"))
+    path = root / "test.jsonl"
+    write_manifest(path, utts)
+    return path
+
+
+def _decode(model_dir, manifest, out, *flags) -> int:
+    return main(["decode", "--model", str(model_dir), "--manifest", str(manifest), "--out-dir", str(out),
+                 "--beam", "4", "--batch-size", "3", "--no-progress", *flags])
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def decoded(tiny_model_dir, manifest_with_bad_audio, tmp_path_factory):
+    out = tmp_path_factory.mktemp("decoded")
+    status = _decode(tiny_model_dir, manifest_with_bad_audio, out, "--nbest", "2")
+    return status, out
+
+
+def test_decode_skips_bad_audio_and_reports_it(decoded, manifest_with_bad_audio, tiny_model_dir):
+    status, out = decoded
+    assert status == EXIT_PARTIAL
+    failures = (out / "failures.tsv").read_text().splitlines()
+    assert len(failures) == 1 and failures[0].startswith("broken\t") and "broken.wav" in failures[0]
+    hyps = _read_jsonl(out / "hyps.jsonl")
+    expected = [u.id for u in read_manifest(manifest_with_bad_audio) if u.id != "broken"]
+    assert [h["id"] for h in hyps] == expected  # manifest order, not batching order
+    tok = Tokenizer.load(tiny_model_dir / "tokenizer.model")
+    for h in hyps:
+        assert h["text"] == tok.decode(h["tokens"])
+        assert 1 <= len(h["nbest"]) <= 2 and h["nbest"][0]["tokens"] == h["tokens"]
+        assert set(h["guards"]) >= {"ngram_repeat", "attention_stall", "max_len"}
+    kaldi = (out / "text").read_text().splitlines()
+    assert [line.split(" ", 1)[0] for line in kaldi] == expected
+    info = json.loads((out / "decode.json").read_text())
+    assert info["num_failed"] == 1 and info["options"]["beam_size"] == 4
+
+
+def test_two_jobs_give_the_same_output_as_one(decoded, tiny_model_dir, manifest_with_bad_audio, tmp_path):
+    _, out1 = decoded
+    assert _decode(tiny_model_dir, manifest_with_bad_audio, tmp_path, "--nbest", "2", "--nj", "2") == EXIT_PARTIAL
+    assert (tmp_path / "text").read_text() == (out1 / "text").read_text()
+    one, two = _read_jsonl(out1 / "hyps.jsonl"), _read_jsonl(tmp_path / "hyps.jsonl")
+    assert [h["tokens"] for h in two] == [h["tokens"] for h in one]
+    assert [h["score"] for h in two] == pytest.approx([h["score"] for h in one], abs=1e-3)
+    assert (tmp_path / "failures.tsv").read_text() == (out1 / "failures.tsv").read_text()
+
+
+def test_score_the_decoded_output(decoded, manifest_with_bad_audio, tmp_path):
+    _, out = decoded
+    assert main(["score", "--ref", str(manifest_with_bad_audio), "--hyp", str(out / "hyps.jsonl"),
+                 "--out-dir", str(tmp_path), "--name", "tiny"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["num_utts"] == 7 and results["missing"] == ["broken"]
+    # The failed utterance counts as all deletions, so WER includes at least its one word.
+    assert results["deletions"] >= 1 and 0 < results["wer"] <= 1.5
+    assert (tmp_path / "summary.md").read_text().startswith("| tiny | 7 |")
+
+
+def test_train_lm_then_decode_with_it(tiny_corpus, tiny_model_dir, manifest_with_bad_audio, tmp_path):
+    lm_dir = tmp_path / "lm"
+    assert main(["train-lm", "--manifest", str(tiny_corpus.manifest), "--tokenizer",
+                 str(tiny_model_dir / "tokenizer.model"), "--out", str(lm_dir), "-o", "lm.epochs=2",
+                 "-o", "lm.hidden=32", "-o", "lm.embed_dim=16"]) == 0
+    assert (lm_dir / "model.pt.sha256").exists() and (lm_dir / "tokenizer.model").exists()
+    out = tmp_path / "dec"
+    assert _decode(tiny_model_dir, manifest_with_bad_audio, out, "--lm", str(lm_dir), "--lm-weight", "0.5") == EXIT_PARTIAL
+    hyps = _read_jsonl(out / "hyps.jsonl")
+    assert all(h["lm_score"] < 0 for h in hyps)
+
+
+def test_user_errors_are_one_line(tmp_path, manifest_with_bad_audio, capsys):
+    assert _decode(tmp_path / "no_model", manifest_with_bad_audio, tmp_path / "o") == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asr: error:") and "no_model" in err and len(err.splitlines()) == 1
+    assert main(["decode", "--model", "x", "--manifest", str(manifest_with_bad_audio), "--out-dir", "o",
+                 "-o", "decode.beam_size=0"]) == EXIT_USER_ERROR

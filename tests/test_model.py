@@ -1,0 +1,321 @@
+"""Tests of asr.model: length arithmetic, padding invariance, masks, loss mixing, training sanity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.config import from_dict
+from asr.errors import ConfigError
+from asr.model import (
+    LAS,
+    ModelConfig,
+    count_flops,
+    decoder_io,
+    lengths_to_mask,
+    output_lengths,
+)
+from asr.tokenizer import EOS_ID, IGNORE_ID, SOS_ID
+
+VOCAB = 12
+TINY = dict(
+    n_mels=8,
+    vocab_size=VOCAB,
+    listener_hidden=16,
+    attention_dim=12,
+    attention_heads=2,
+    location_channels=3,
+    location_kernel=5,
+    embed_dim=8,
+    decoder_hidden=16,
+    specaug_policy="none",
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(**overrides) -> LAS:
+    return LAS(ModelConfig(**{**TINY, **overrides}))
+
+
+def make_batch(lengths, target_lengths, n_mels=8, pad_value=100.0):
+    """Random feats (B, T, n_mels) padded with ``pad_value`` and targets padded with IGNORE_ID."""
+    lengths = torch.tensor(lengths)
+    target_lengths = torch.tensor(target_lengths)
+    feats = torch.randn(len(lengths), int(lengths.max()), n_mels)
+    feats = feats.masked_fill(~lengths_to_mask(lengths)[..., None], pad_value)
+    targets = torch.randint(3, VOCAB, (len(lengths), int(target_lengths.max())))
+    targets = targets.masked_fill(~lengths_to_mask(target_lengths), IGNORE_ID)
+    return feats, lengths, targets, target_lengths
+
+
+# -- length arithmetic ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame_stack,pyramid", [(1, 0), (1, 1), (1, 2), (3, 1), (2, 3)])
+def test_output_lengths_match_listener(frame_stack, pyramid):
+    model = tiny_model(frame_stack=frame_stack, pyramid_layers=pyramid, ctc_weight=1.0).eval()
+    r = frame_stack * 2**pyramid
+    lengths = [1, r - 1, r, r + 1, 2 * r + 1, 3 * r - 1, 37, 64, 65]
+    feats = torch.randn(len(lengths), max(lengths), 8)
+    enc, enc_lengths = model.encode(feats, torch.tensor(lengths))
+    expected = [max(n, r) // r for n in lengths]
+    assert enc_lengths.tolist() == expected
+    assert output_lengths(torch.tensor(lengths), model.cfg).tolist() == expected
+    assert [output_lengths(n, model.cfg) for n in lengths] == expected
+    assert enc.size(1) == max(expected)
+    assert model.time_reduction == r
+
+
+def test_encoder_output_is_zero_beyond_length():
+    model = tiny_model(dropout=0.0).eval()
+    feats, lengths, _, _ = make_batch([40, 23, 9], [2, 2, 2])
+    enc, enc_lengths = model.encode(feats, lengths)
+    pad = ~lengths_to_mask(enc_lengths, enc.size(1))
+    assert enc[pad].abs().max() == 0
+    assert enc[~pad].abs().min() > 0
+
+
+# -- padding invariance --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["location", "content", "multihead"])
+def test_padding_does_not_change_outputs(attention):
+    model = tiny_model(attention=attention, frame_stack=2).eval()
+    feats, lengths, targets, target_lengths = make_batch([45, 30, 17, 3], [5, 3, 4, 1])
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(feats, lengths)
+        ctc = model.ctc_log_probs(enc)
+        batch_loss = model(feats, lengths, targets, target_lengths).loss
+        state = model.decoder.init_state(enc, enc_lengths)
+        mask = lengths_to_mask(enc_lengths, enc.size(1))
+        tokens = torch.full((4,), SOS_ID)
+        batch_steps = []
+        for t in range(3):
+            log_probs, state, att = model.decoder.step(tokens, state, enc, mask)
+            batch_steps.append((log_probs, att))
+            tokens = targets[:, t].clamp(min=3)
+        alone_losses = []
+        for i in range(4):
+            n, u = int(lengths[i]), int(target_lengths[i])
+            e1, l1 = model.encode(feats[i : i + 1, :n], lengths[i : i + 1])
+            t1 = int(l1)
+            torch.testing.assert_close(e1[0], enc[i, :t1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(model.ctc_log_probs(e1)[0], ctc[i, :t1], atol=1e-5, rtol=0)
+            alone_losses.append(model(feats[i : i + 1, :n], lengths[i : i + 1], targets[i : i + 1, :u], target_lengths[i : i + 1]).loss)
+            s1 = model.decoder.init_state(e1, l1)
+            m1 = lengths_to_mask(l1, t1)
+            tok = torch.full((1,), SOS_ID)
+            for t in range(3):
+                lp1, s1, a1 = model.decoder.step(tok, s1, e1, m1)
+                torch.testing.assert_close(lp1[0], batch_steps[t][0][i], atol=1e-5, rtol=0)
+                torch.testing.assert_close(a1[0], batch_steps[t][1][i, :t1], atol=1e-5, rtol=0)
+                tok = targets[i : i + 1, t].clamp(min=3)
+    torch.testing.assert_close(torch.stack(alone_losses).mean(), batch_loss, atol=1e-5, rtol=1e-6)
+
+
+def test_teacher_forcing_equals_step_by_step():
+    model = tiny_model(decoder_layers=2).eval()
+    feats, lengths, targets, target_lengths = make_batch([33, 20], [4, 2])
+    inputs, _ = decoder_io(targets, target_lengths)
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(feats, lengths)
+        logits, attention = model.decoder(enc, enc_lengths, inputs)
+        state = model.decoder.init_state(enc, enc_lengths)
+        mask = lengths_to_mask(enc_lengths, enc.size(1))
+        for t in range(inputs.size(1)):
+            log_probs, state, att = model.decoder.step(inputs[:, t], state, enc, mask)
+            torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, t], -1), atol=1e-5, rtol=0)
+            torch.testing.assert_close(att, attention[:, t], atol=1e-6, rtol=0)
+
+
+def test_beam_reordering_of_state():
+    model = tiny_model().eval()
+    feats, lengths, _, _ = make_batch([30, 18], [1, 1])
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(feats, lengths)
+        mask = lengths_to_mask(enc_lengths, enc.size(1))
+        state = model.decoder.init_state(enc, enc_lengths)
+        _, state, _ = model.decoder.step(torch.tensor([5, 7]), state, enc, mask)
+        idx = torch.tensor([1, 0])
+        swapped = type(state)(*(t.index_select(0, idx) for t in state))
+        lp_a, _, _ = model.decoder.step(torch.tensor([4, 4]), state, enc, mask)
+        lp_b, _, _ = model.decoder.step(torch.tensor([4, 4]), swapped, enc[idx], mask[idx])
+    torch.testing.assert_close(lp_a[idx], lp_b, atol=1e-6, rtol=0)
+
+
+# -- masks ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["location", "content", "multihead"])
+def test_attention_is_zero_on_padding_and_sums_to_one(attention):
+    model = tiny_model(attention=attention).train()
+    feats, lengths, targets, target_lengths = make_batch([48, 21, 8], [4, 6, 2])
+    out = model(feats, lengths, targets, target_lengths)
+    enc_lengths = output_lengths(lengths, model.cfg)
+    assert out.attention.shape == (3, 7, int(enc_lengths.max()))
+    pad = ~lengths_to_mask(enc_lengths)
+    assert out.attention.masked_select(pad[:, None, :]).abs().max() == 0
+    torch.testing.assert_close(out.attention.sum(-1), torch.ones(3, 7))
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_decoder_io_places_sos_and_eos():
+    targets = torch.tensor([[5, 6, 7], [8, IGNORE_ID, IGNORE_ID]])
+    inputs, outputs = decoder_io(targets, torch.tensor([3, 1]))
+    assert inputs.tolist() == [[SOS_ID, 5, 6, 7], [SOS_ID, 8, EOS_ID, EOS_ID]]
+    assert outputs.tolist() == [[5, 6, 7, EOS_ID], [8, EOS_ID, IGNORE_ID, IGNORE_ID]]
+
+
+# -- losses --------------------------------------------------------------------------------------
+
+
+def test_ctc_weight_mixes_the_losses():
+    batch = make_batch([40, 25], [5, 3])
+    mixed = tiny_model(ctc_weight=0.3, dropout=0.0, decoder_dropout=0.0)
+    out = mixed(*batch)
+    torch.testing.assert_close(out.loss, 0.3 * out.ctc_loss + 0.7 * out.att_loss)
+    assert out.n_tokens == 5 + 3 + 2
+    assert 0 <= out.n_correct <= out.n_tokens
+
+    pure_las = tiny_model(ctc_weight=0.0)
+    assert pure_las.ctc is None
+    out = pure_las(*batch)
+    assert out.ctc_loss.item() == 0 and out.loss.item() == out.att_loss.item() > 0
+    with pytest.raises(RuntimeError):
+        pure_las.ctc_log_probs(torch.zeros(1, 3, 32))
+
+    pure_ctc = tiny_model(ctc_weight=1.0)
+    assert pure_ctc.decoder is None
+    out = pure_ctc(*batch)
+    assert out.attention is None
+    assert out.att_loss.item() == 0 and out.loss.item() == out.ctc_loss.item() > 0
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pure_ctc.parameters())
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_model(decoder_layers=2, listener_layers=2)
+    out = model(*make_batch([40, 25, 12], [5, 3, 2]))
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_scheduled_sampling_feeds_back_predictions_in_training_only():
+    batch = make_batch([40, 25], [6, 4])
+    base = tiny_model(dropout=0.0, decoder_dropout=0.0)
+    sampled = tiny_model(dropout=0.0, decoder_dropout=0.0, sampling_prob=1.0)
+    sampled.load_state_dict(base.state_dict())
+    loss_tf = base(*batch).loss
+    loss_ss = sampled(*batch).loss
+    assert not torch.allclose(loss_tf, loss_ss)
+    loss_ss.backward()
+    assert sampled.decoder.embed.weight.grad.abs().sum() > 0
+    base.eval(), sampled.eval()
+    torch.testing.assert_close(base(*batch).loss, sampled(*batch).loss)
+
+
+def test_cmvn_normalises_the_input():
+    feats, lengths, targets, target_lengths = make_batch([30, 20], [3, 2], pad_value=0.0)
+    mean, std = torch.randn(8), torch.rand(8) + 0.5
+    plain = tiny_model().eval()
+    normed = tiny_model().eval()
+    normed.load_state_dict(plain.state_dict())
+    normed.set_cmvn(mean, std)
+    with torch.no_grad():
+        a, _ = normed.encode(feats * std + mean, lengths)
+        b, _ = plain.encode(feats, lengths)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        normed.set_cmvn(torch.zeros(3), torch.ones(3))
+
+
+def test_specaugment_only_in_training():
+    pytest.importorskip("asr.specaugment")
+    model = tiny_model(specaug_policy="LD", dropout=0.0)
+    feats, lengths, _, _ = make_batch([400, 300], [1, 1], pad_value=0.0)
+    with torch.no_grad():
+        first, _ = model.encode(feats, lengths)
+        second, _ = model.encode(feats, lengths)
+        assert not torch.allclose(first, second)
+        model.eval()
+        torch.testing.assert_close(model.encode(feats, lengths)[0], model.encode(feats, lengths)[0])
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(vocab_size=3),
+        dict(frame_stack=0),
+        dict(listener_layers=0, pyramid_layers=0),
+        dict(dropout=1.0),
+        dict(attention="dot"),
+        dict(location_kernel=4),
+        dict(attention="multihead", attention_heads=3, attention_dim=128),
+        dict(ctc_weight=1.5),
+        dict(label_smoothing=-0.1),
+        dict(sampling_prob=2.0),
+        dict(decoder_layers=0),
+        dict(specaug_policy=""),
+    ],
+)
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        ModelConfig(**bad)
+    with pytest.raises(ConfigError) as info:
+        from_dict(ModelConfig, bad, "conf.yaml [model]")
+    assert "conf.yaml [model]" in str(info.value)
+
+
+def test_model_needs_a_vocabulary():
+    ModelConfig()  # vocab_size 0 means "not set yet" and is a valid config
+    with pytest.raises(ValueError, match="vocab_size"):
+        LAS(ModelConfig(specaug_policy="none"))
+
+
+# -- FLOPs and training sanity -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["location", "multihead"])
+def test_count_flops_matches_measured_matmuls(attention):
+    flop_counter = pytest.importorskip("torch.utils.flop_counter")
+    cfg = ModelConfig(**{**TINY, "attention": attention, "listener_hidden": 32, "decoder_hidden": 32})
+    model = LAS(cfg).eval()  # eval: no dropout; the counted work is the same
+    batch = make_batch([60, 44], [7, 4])
+    counter = flop_counter.FlopCounterMode(display=False)
+    with counter:
+        model(*batch).loss.backward()
+    measured = counter.get_total_flops()
+    # Padding steps and frames are computed too, and the counter includes the element-wise convolutions'
+    # details differently; the analytic count must still be within 25%.
+    predicted = count_flops(cfg, [60, 60], [7, 7])
+    assert 0.75 < measured / predicted < 1.25
+    assert count_flops(cfg, [60, 44], [7, 4]) == count_flops(cfg, 60, 7) + count_flops(cfg, 44, 4)
+
+
+def test_overfits_one_batch():
+    model = tiny_model(dropout=0.0, decoder_dropout=0.0, label_smoothing=0.0, pyramid_layers=1)
+    batch = make_batch([30, 24, 18], [5, 4, 3], pad_value=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(100):
+        out = model(*batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else out.loss.item()
+    assert out.loss.item() < 0.1 * first
+    assert out.n_correct == out.n_tokens

@@ -1,0 +1,176 @@
+"""Training: overfitting the tiny corpus, the experiment folder, numerical guards, LR schedules, averaging."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jiwer
+import pytest
+import torch
+
+from asr import checkpoint as ckpt
+from asr.config import replace
+from asr.errors import ConfigError
+from asr.train import (
+    Data,
+    Dist,
+    MetricsLog,
+    StepContext,
+    Trainer,
+    TrainingDivergedError,
+    TrainState,
+    average_model,
+    build_optimizer,
+    greedy_decode,
+    lr_at,
+)
+
+
+def _greedy_wer(model_dir: Path, corpus) -> float:
+    from asr.data.dataset import AsrDataset, collate
+
+    model, tok, cfg = ckpt.load_las(model_dir)
+    ds = AsrDataset(corpus.utts, tok, cfg.features)
+    batch = collate([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        hyps = [tok.decode(ids) for ids in greedy_decode(model, batch.feats, batch.feat_lengths)]
+    return jiwer.wer(list(batch.texts), hyps)
+
+
+def test_overfits_tiny_corpus(tiny_training, tiny_corpus):
+    result, exp_dir = tiny_training
+    assert _greedy_wer(result.final_dir, tiny_corpus) <= 0.1
+    assert result.steps > 0 and math.isfinite(result.train_loss)
+    for name in ("config.yaml", "tokenizer.model", "cmvn.json", "train.log", "metrics.csv", "best/best.json"):
+        assert (exp_dir / name).is_file(), name
+    assert ckpt.newest_intact_checkpoint(exp_dir / "checkpoints") is not None
+    rows = (exp_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,split,loss") and any(",dev," in r for r in rows)
+    # The first dev loss is far above the last: the run learned rather than memorised a constant.
+    dev = [float(r.split(",")[3]) for r in rows[1:] if ",dev," in r]
+    assert dev[-1] < 0.5 * dev[0]
+
+
+def test_average_best_writes_loadable_model_dir(tiny_training, tmp_path):
+    _, exp_dir = tiny_training
+    out = average_model(exp_dir, 2, "best", tmp_path / "avg")
+    model, tok, _ = ckpt.load_las(out)
+    best = [ckpt.load_checkpoint(p)["model"] for p in sorted((exp_dir / "best").glob("model-*.pt"))]
+    assert len(best) == 2
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (best[0][name] + best[1][name]) / 2, atol=1e-6), name
+
+
+# -- numerical guards ---------------------------------------------------------------------------------
+
+
+def _trainer(tiny_config, vocab: int, tmp_path: Path, **train) -> Trainer:
+    cfg = tiny_config(**train)
+    cfg = type(cfg)(cfg.features, cfg.specaug, replace(cfg.model, vocab_size=vocab, n_mels=cfg.features.n_mels),
+                    cfg.train)
+    torch.manual_seed(0)
+    model = ckpt.build_las(cfg)
+    ctx = StepContext(model, build_optimizer(model, cfg.train), cfg.train, Dist(), None, None)
+    data = Data(None, None, None, None, None, [], batches_per_epoch=10)
+    return Trainer(cfg, data, ctx, TrainState(), tmp_path, MetricsLog(tmp_path, False, False, None))
+
+
+def _batch(n_mels: int, nan: bool = False):
+    from asr.data.dataset import Batch
+
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(2, 60, n_mels, generator=g)
+    if nan:
+        feats[1, 10] = float("nan")
+    targets = torch.tensor([[3, 4, 5], [6, 7, -1]])
+    return Batch(feats, torch.tensor([60, 50]), targets, torch.tensor([3, 2]), ["a", "b"], ["", ""], ["", ""])
+
+
+def test_nonfinite_loss_skips_step_and_counts(tiny_config, tmp_path):
+    tr = _trainer(tiny_config, 12, tmp_path, max_nonfinite=3)
+    n_mels = tr.exp_config.features.n_mels
+    assert tr.train_batch(_batch(n_mels), 1, True) is not None
+    tr.update(0.0)
+    assert tr.state.step == 1
+    before = {k: v.clone() for k, v in tr.ctx.model.state_dict().items()}
+    assert tr.train_batch(_batch(n_mels, nan=True), 1, True) is None
+    tr.update(0.0)
+    assert (tr.state.step, tr.state.nonfinite_total, tr.state.nonfinite_in_row) == (1, 1, 1)
+    for k, v in tr.ctx.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # A good step resets the run of failures; K in a row then stops training with a clear error.
+    tr.train_batch(_batch(n_mels), 1, True)
+    tr.update(0.0)
+    assert (tr.state.step, tr.state.nonfinite_in_row) == (2, 0)
+    tr.train_batch(_batch(n_mels, nan=True), 1, True)
+    tr.train_batch(_batch(n_mels, nan=True), 1, True)
+    with pytest.raises(TrainingDivergedError, match="3 non-finite"):
+        tr.train_batch(_batch(n_mels, nan=True), 1, True)
+    assert tr.state.nonfinite_total == 4
+
+
+def test_nonfinite_gradient_skips_update(tiny_config, tmp_path):
+    tr = _trainer(tiny_config, 12, tmp_path)
+    tr.train_batch(_batch(tr.exp_config.features.n_mels), 1, True)
+    param = next(tr.ctx.model.parameters())
+    param.grad[0] = float("inf")
+    before = param.detach().clone()
+    tr.update(0.0)
+    assert tr.state.step == 0 and tr.state.nonfinite_total == 1
+    assert torch.equal(param.detach(), before)
+    assert all(p.grad is None for p in tr.ctx.model.parameters())
+
+
+# -- schedules and config -------------------------------------------------------------------------------
+
+
+def test_lr_schedules(tiny_config):
+    base = tiny_config().train
+    for schedule in ("noam", "cosine", "constant"):
+        cfg = replace(base, lr_schedule=schedule, lr=1e-3, warmup_steps=10, min_lr=1e-5)
+        lrs = [lr_at(cfg, s, 100) for s in range(100)]
+        assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
+        assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # linear warm-up
+        assert min(lrs) >= 1e-5 - 1e-12
+        if schedule == "constant":
+            assert lrs[-1] == pytest.approx(1e-3)
+        else:
+            assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 5e-4
+    assert lr_at(replace(base, lr_schedule="cosine", min_lr=1e-5, warmup_steps=0), 99, 100) == pytest.approx(1e-5)
+
+
+def test_train_config_errors_name_the_key(tiny_config):
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        replace(tiny_config().train, lr_schedule="linear")
+    with pytest.raises(ConfigError, match="accum_grad"):
+        replace(tiny_config().train, accum_grad=0)
+
+
+def test_filters_too_long_utterances_and_accumulates(tiny_corpus, tiny_config, tmp_path):
+    from asr.train import train
+
+    longest = max(u.duration for u in tiny_corpus.utts)
+    cfg = tiny_config(max_steps=2, max_utt_seconds=longest - 0.01, accum_grad=2, max_duration=3.0)
+    result = train(cfg, tiny_corpus.manifest, tiny_corpus.manifest, tiny_corpus.tokenizer_path, tmp_path)
+    assert result.filtered_utts >= 1 and result.steps == 2
+    lines = (tmp_path / "filtered.tsv").read_text().splitlines()
+    assert len(lines) == result.filtered_utts and "too long" in lines[0]
+    ckpt.load_las(result.final_dir)
+
+
+def test_plots_are_written(tiny_training, tiny_corpus, tmp_path):
+    import csv
+
+    from asr.data.dataset import AsrDataset
+    from asr.train import plot_attention, plot_curves
+
+    result, exp_dir = tiny_training
+    with open(exp_dir / "metrics.csv", newline="") as f:
+        plot_curves(list(csv.DictReader(f)), tmp_path / "curves.png")
+    model, tok, cfg = ckpt.load_las(result.final_dir)
+    plot_attention(model, AsrDataset(tiny_corpus.utts[:1], tok, cfg.features), tmp_path / "att.png",
+                   torch.device("cpu"))
+    for name in ("curves.png", "att.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
