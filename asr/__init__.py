@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from asr.model import ModelConfig
     from asr.transcribe import TranscribeConfig, VadConfig
 
+# The submodule asr.transcribe shares its name with the function below. Loading a submodule binds it
+# as a package attribute, so load it now (it needs numpy only) and let the function win, as Whisper does.
+from asr import transcribe as _transcribe_module  # noqa: E402, F401
+
 __version__ = "0.1.0"
 
 _LAZY = {

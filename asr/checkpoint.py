@@ -11,6 +11,9 @@ Layout of an experiment folder written by :mod:`asr.train`::
     exp/config.yaml                 resolved experiment config
     exp/tokenizer.model             copy of the tokenizer
     exp/cmvn.json                   global CMVN statistics used by the model
+    exp/train.log, metrics.csv      log and per-step/per-validation metrics; tensorboard/, plots/*.png
+    exp/filtered.tsv                training utterances left out (too long/short, too few frames for CTC)
+    exp/failures.tsv                utterances skipped because their audio could not be read
     exp/checkpoints/ckpt-<step>.pt  full training state (model, optimizer, sampler position, RNG states)
     exp/best/model-<step>.pt        weights of the best-N validations, ranked in exp/best/best.json
     exp/final/                      model folder with the last weights

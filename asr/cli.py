@@ -114,25 +114,31 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--max-segment", type=_nonneg_float, default=20.0, help="longest segment in seconds")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="segments decoded together")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: segment batches are small, and extra threads "
+                   "spin against each other on a busy machine)")
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
+    import torch
+
     from asr.config import replace
     from asr.decoding import DecodeOptions
     from asr.inference import Recognizer
-    from asr.transcribe import TranscribeConfig, transcribe_inputs
+    from asr.transcribe import FAILURES_NAME, TranscribeConfig, transcribe_inputs
 
+    torch.set_num_threads(args.threads)
     cfg = replace(TranscribeConfig(), "transcribe flags", formats=args.format, stdin_rate=args.rate,
-                  max_segment=args.max_segment, batch_size=args.batch_size,
-                  output_dir=str(args.output_dir or "."))
+                  max_segment=args.max_segment, overlap=min(1.0, args.max_segment / 4),
+                  batch_size=args.batch_size, output_dir=str(args.output_dir or "."))
     changes = {k: v for k, v in (("beam_size", args.beam), ("ctc_weight", args.ctc_weight)) if v is not None}
     options = replace(DecodeOptions(), "decode flags", **changes)
     result = transcribe_inputs(Recognizer.from_dir(args.model, args.device), args.inputs, options, cfg,
                                write_stdin_files=args.output_dir is not None)
     if result.failures:
         print(f"asr transcribe: {len(result.results)} transcribed, {len(result.failures)} failed "
-              f"(list in {Path(cfg.output_dir) / 'transcribe_failures.tsv'})", file=sys.stderr)
+              f"(list in {Path(cfg.output_dir) / FAILURES_NAME})", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
 
@@ -426,6 +432,8 @@ def _run_train(args) -> int:
     cfg = load_experiment_config(args.config, _overrides(args.override))
     result = train(cfg, args.train_manifest, args.valid_manifest, args.tokenizer, args.exp_dir,
                    resume=args.resume, cmvn_path=args.cmvn)
+    if result.rank > 0:
+        return 0
     print(f"train: {result.steps} steps, best dev loss {result.best_dev_loss:.4f}, "
           f"WER {100 * result.best_dev_wer:.2f}%; model folder {result.final_dir}")
     if result.failed_utts:

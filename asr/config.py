@@ -57,6 +57,8 @@ def load_yaml_sections(path: str | Path) -> dict[str, dict[str, Scalar]]:
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else "invalid YAML"
         raise ConfigError(path, f"invalid YAML: {first}") from None
+    except RecursionError:
+        raise ConfigError(path, "invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

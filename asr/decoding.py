@@ -4,7 +4,8 @@ A beam search keeps ``beam_size`` live hypotheses per utterance, with batch and 
 dimension of ``N = batch * beam`` rows so that every step is one batched call of the attention decoder,
 the CTC prefix scorer and the LM. A hypothesis that emits EOS (or is stopped by a guard) is moved aside
 into its utterance's finished list, and its row is marked dead (score ``-inf``) until the next step
-refills it. The score of a hypothesis is
+refills it. An utterance is done once no live row can still beat its ``nbest``-th finished hypothesis
+(exact while scores only decrease), and its rows then leave the batch. The score of a hypothesis is
 
     sum over its tokens of (1 - ctc_weight) * log p_att + ctc_weight * delta log p_ctc_prefix
                           + lm_weight * log p_lm + length_bonus
@@ -70,11 +71,11 @@ class DecodeOptions:
     max_len_ratio: float = 1.0
     nbest: int = 1
     pre_beam_ratio: float = 1.5
-    max_ngram_repeats: int = 4
+    max_ngram_repeats: int = 4  # stop when an n-gram (n <= ngram_size) repeats more often in a row
     ngram_size: int = 4
-    attention_stall_steps: int = 8
-    attention_backtrack: int = 0
-    keep_attention: bool = False
+    attention_stall_steps: int = 8  # stop after this many tokens with no forward attention move
+    attention_backtrack: int = 0  # stop when the attention peak jumps back more frames than this
+    keep_attention: bool = False  # return each hypothesis' attention weights (steps, T')
 
     def __post_init__(self):
         if self.beam_size < 1 or self.nbest < 1:
@@ -531,6 +532,8 @@ class _BeamSearch:
     def __init__(self, decoder: Any, enc: Tensor | None, enc_lengths: Tensor, ctc_lp: Tensor | None,
                  options: DecodeOptions, lm: Any):
         self.decoder, self.options, self.k = decoder, options, options.beam_size
+        # The EOS threshold compares attention scores; without the speller there are none to compare.
+        self.eos_rules = options if decoder is not None else dataclasses.replace(options, eos_threshold=0.0)
         self.lm = lm if lm is not None and options.lm_weight > 0 else None
         self.batch = enc_lengths.numel()
         self.vocab = ctc_lp.size(-1) if ctc_lp is not None else None
@@ -579,8 +582,7 @@ class _BeamSearch:
         pre = (1.0 - lam) * base if att_logp is not None else torch.zeros_like(base)
         if lm_logp is not None:
             pre = pre + self.options.lm_weight * lm_logp
-        rules = self.options if att_logp is not None else dataclasses.replace(self.options, eos_threshold=0.0)
-        pre = pre + _eos_mask(base, step, rows.min_len, rows.max_len, rules)
+        pre = pre + _eos_mask(base, step, rows.min_len, rows.max_len, self.eos_rules)
         return pre, att_logp, lm_logp, attention, peak
 
     def _step(self, step: int) -> None:
@@ -827,16 +829,25 @@ def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions,
         futures = [pool.submit(_decode_shard_worker, model_dir, shard, options, run, devices[i], i, threads)
                    for i, shard in enumerate(shards)]
         for fut in futures:
-            res, fail = fut.result()
+            res, fail, error = fut.result()
+            if error is not None:
+                raise error[0](error[1], error[2])
             results += res
             failures += fail
     return results, failures
 
 
 def _decode_shard_worker(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig, device: str,
-                         position: int, threads: int) -> tuple[list[dict], list[tuple[str, str]]]:
+                         position: int, threads: int):
+    """Returns (results, failures, None), or ([], [], (error class, what, reason)) for a user error."""
+    from asr.errors import AsrError
+
     torch.set_num_threads(threads)
-    return _decode_shard(model_dir, utts, options, run, device, position)
+    try:
+        return (*_decode_shard(model_dir, utts, options, run, device, position), None)
+    except AsrError as e:
+        # AsrError subclasses take (what, reason), which default exception pickling cannot rebuild.
+        return [], [], (type(e), e.what, e.reason)
 
 
 def _load_lm_for(run: DecodeRunConfig, tokenizer: Any, device: str) -> Any:

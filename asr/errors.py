@@ -18,6 +18,10 @@ class AsrError(Exception):
         self.reason = reason
         super().__init__(f"{self.what}: {reason}")
 
+    def __reduce__(self):
+        # Rebuild from the constructor's arguments so errors survive pickling between processes.
+        return (self.__class__, (self.what, self.reason))
+
 
 class AudioError(AsrError):
     """Audio that cannot be read: missing, empty, not audio, truncated, NaN/Inf samples."""
@@ -31,6 +35,9 @@ class ManifestError(AsrError):
         super().__init__(where, reason)
         self.path = str(path)
         self.line = line
+
+    def __reduce__(self):
+        return (self.__class__, (self.path, self.reason, self.line))
 
 
 class ConfigError(AsrError):

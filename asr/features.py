@@ -109,7 +109,7 @@ class LogMel(nn.Module):
     and the working set of a long signal stays in cache. Frames past a row's length are zero.
     """
 
-    chunk_frames = 256  # frames per FFT call: amortises call overhead, keeps the spectrum in L2 cache
+    chunk_frames = 512  # frames per FFT call: amortises call overhead, keeps the spectrum in L2 cache
 
     def __init__(self, cfg: FeatureConfig | None = None):
         super().__init__()

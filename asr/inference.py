@@ -60,9 +60,19 @@ class Recognizer:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> Recognizer:
-        """Load a model folder (model.pt, config.yaml, tokenizer.model). Raises CheckpointError."""
-        from asr.checkpoint import load_las
+        """Load a model folder (model.pt, config.yaml, tokenizer.model).
 
+        Raises CheckpointError for a bad folder, ConfigError for a device that is unknown or absent.
+        """
+        from asr.checkpoint import load_las
+        from asr.errors import ConfigError
+
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ConfigError("--device", f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device", "CUDA was asked for but no CUDA device is available")
         model, tokenizer, config = load_las(model_dir, map_location=device)
         return cls(model, tokenizer, config, device)
 

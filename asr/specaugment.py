@@ -122,7 +122,7 @@ class SpecAugment(nn.Module):
         """
         if not self.training or not self.cfg.enabled or feats.numel() == 0:
             return feats
-        lengths = lengths.to(device=feats.device, dtype=torch.long)
+        lengths = lengths.to(device=feats.device, dtype=torch.long).clamp(max=feats.shape[1])
         if self.cfg.time_warp > 0:
             feats = time_warp(feats, lengths, self.cfg.time_warp)
         batch, frames, n_mels = feats.shape

@@ -8,8 +8,9 @@ CMVN from ``cmvn.json`` or computed), Adam with linear warm-up then decay, and r
 * numerical guards: a non-finite loss or gradient skips the update (counted and logged), and
   ``max_nonfinite`` of them in a row stop training with :class:`TrainingDivergedError`; on CUDA a batch
   that runs out of memory is retried in halves, or skipped when a single utterance does not fit;
-* validation every epoch and every ``valid_every_steps`` (loss, token accuracy, greedy WER on a fixed dev
-  subset), keeping the best ``keep_best`` weights by dev loss (then WER);
+* validation every ``valid_every_epochs`` epochs and every ``valid_every_steps`` updates (loss, token
+  accuracy, greedy WER on a fixed dev subset), keeping the best ``keep_best`` weights by dev loss (then
+  WER), and stopping early once the dev WER reaches ``target_wer`` (off by default);
 * exact resume: model, optimizer, step, epoch, the sampler's position inside the epoch and every RNG
   state are checkpointed, so ``resume=True`` continues with the same batches, dropout and SpecAugment
   masks as an uninterrupted run (the LR schedule is a pure function of the step, so it needs no state);
@@ -70,7 +71,9 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored on CPU)
     weight_decay: float = 0.0
     adam_beta2: float = 0.98
-    valid_every_steps: int = 0  # 0 = validate at the end of each epoch only
+    valid_every_steps: int = 0  # also validate every K updates; 0 = at epoch ends only
+    valid_every_epochs: int = 1  # 0 = never at epoch ends (then valid_every_steps decides)
+    target_wer: float = -1.0  # stop once the dev greedy WER is <= this; negative = never
     checkpoint_every_steps: int = 500  # 0 = only at epoch ends
     keep_checkpoints: int = 3
     keep_best: int = 5
@@ -104,6 +107,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 < self.adam_beta2 < 1, "adam_beta2 must be in (0, 1)"),
             (self.valid_every_steps >= 0, "valid_every_steps must be >= 0"),
+            (self.valid_every_epochs >= 0, "valid_every_epochs must be >= 0"),
             (self.checkpoint_every_steps >= 0, "checkpoint_every_steps must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.keep_best >= 1, "keep_best must be >= 1"),
@@ -156,6 +160,7 @@ class TrainResult:
     skipped_batches: int
     filtered_utts: int
     failed_utts: int  # unreadable utterances skipped (listed in exp/failures.tsv)
+    rank: int = 0  # this process's rank under torchrun (only rank 0 wrote files)
 
 
 @dataclass
@@ -341,8 +346,8 @@ def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [d.device.index] if d.device.type == "cuda" else None
-    # Branches such as scheduled sampling or a CTC-only model may leave parameters without gradients.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    # LAS builds only the parts its ctc_weight uses, so every parameter gets a gradient every step.
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -445,6 +450,8 @@ def forward_backward_guarded(ctx: StepContext, batch, weight: float, sync: bool)
     except torch.cuda.OutOfMemoryError:
         if ctx.d.enabled or ctx.d.device.type != "cuda":
             raise
+        # A backward cut short leaves partial gradients; dropping them also drops the earlier
+        # micro-batches of this update (only with accum_grad > 1), which is rare and harmless.
         ctx.optimizer.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         if len(batch) == 1:
@@ -777,6 +784,7 @@ def plot_attention(model, dev_set, path: Path, device: torch.device) -> None:
 
 def _setup_files(exp_dir: Path, exp_config, tokenizer, d: Dist) -> logging.Handler | None:
     if not d.is_main:
+        logging.getLogger("asr").setLevel(logging.WARNING)  # rank 0 reports progress for all
         return None
     exp_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp_dir / "config.yaml", exp_config.to_yaml())
@@ -840,9 +848,11 @@ class Trainer:
         self.saved_step = state.step if state.step else -1
         self.failed: dict[str, str] = {}  # utterance id -> why it could not be loaded
         self.synced = False  # whether DDP all-reduced the gradients of the pending update
+        self.reached_target = False  # dev WER reached cfg.target_wer
 
     def done(self) -> bool:
-        return self.state.epoch >= self.cfg.max_epochs or (0 < self.cfg.max_steps <= self.state.step)
+        st = self.state
+        return self.reached_target or st.epoch >= self.cfg.max_epochs or 0 < self.cfg.max_steps <= st.step
 
     def run(self) -> None:
         while not self.done():
@@ -879,7 +889,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.last_train_loss:.3f}", step=st.step)
                 self.after_update(epoch_end=last_of_epoch)
                 t0 = time.perf_counter()
-                if 0 < cfg.max_steps <= st.step:
+                if self.done():
                     break
         bar.close()
         if st.batches_in_epoch == epoch_total:
@@ -948,9 +958,13 @@ class Trainer:
         self.metrics.add("train", st.step, st.epoch, {**mean, "lr": lr, "seconds": seconds})
         self.window = []
 
+    def validates_at_epoch_end(self) -> bool:
+        return self.cfg.valid_every_epochs > 0 and (self.state.epoch + 1) % self.cfg.valid_every_epochs == 0
+
     def after_update(self, epoch_end: bool) -> None:
         st, cfg = self.state, self.cfg
-        if cfg.valid_every_steps and st.step % cfg.valid_every_steps == 0 and not epoch_end:
+        at_epoch_end = epoch_end and self.validates_at_epoch_end()
+        if cfg.valid_every_steps and st.step % cfg.valid_every_steps == 0 and not at_epoch_end:
             self.run_validation()
         if cfg.checkpoint_every_steps and st.step % cfg.checkpoint_every_steps == 0 and not epoch_end:
             self.save()
@@ -959,14 +973,16 @@ class Trainer:
         st = self.state
         if self.window:
             self.log_window(lr_at(self.cfg, max(0, st.step - 1), self.total_steps), 0.0)
-        self.run_validation(plot=True)
+        if self.validates_at_epoch_end():
+            self.run_validation(plot=True)
         st.epoch += 1
         st.batches_in_epoch = 0
         self.save()
 
     def run_validation(self, plot: bool = False) -> None:
-        """Validate on rank 0 (the other ranks wait), record the best weights, plot."""
+        """Validate on rank 0 (the other ranks wait), record the best weights, plot, check the target."""
         st, d = self.state, self.ctx.d
+        reached = torch.zeros(1)
         if d.is_main:
             m = validate(self.ctx.model, self.data.dev_set, self.data.tokenizer, self.cfg, d.device)
             self.last_dev = m
@@ -978,8 +994,13 @@ class Trainer:
                 plot_curves(self.metrics.rows, self.exp_dir / "plots" / "curves.png")
                 plot_attention(self.ctx.model, self.data.dev_set,
                                self.exp_dir / "plots" / f"attention-epoch-{st.epoch + 1}.png", d.device)
+            if m["wer"] <= self.cfg.target_wer:
+                log.info("dev greedy WER %.2f%% reached train.target_wer; stopping", 100 * m["wer"])
+                reached[0] = 1
         if d.enabled:
-            dist.barrier()
+            reached = reached.to(d.device if d.device.type == "cuda" else "cpu")
+            dist.broadcast(reached, 0)  # every rank must stop at the same step
+        self.reached_target = bool(reached.item())
 
 
 def _init_run(exp_config, d: Dist):
@@ -1035,6 +1056,13 @@ def _remove_stale_temporaries(exp_dir: Path) -> None:
 
 def _train(exp_config, train_manifest, valid_manifest, tokenizer, exp_dir, resume, cmvn_path, d) -> TrainResult:
     cfg = exp_config.train
+    resume_from = None
+    if resume:  # before any expensive set-up, so a missing checkpoint fails fast
+        if d.is_main:
+            _remove_stale_temporaries(exp_dir)
+        resume_from = ckpt.newest_intact_checkpoint(exp_dir / "checkpoints")
+        if resume_from is None:
+            raise ConfigError(exp_dir / "checkpoints", "--resume given but no intact checkpoint found")
     data = build_data(exp_config, train_manifest, valid_manifest, tokenizer, d)
     if d.is_main and data.filtered:
         atomic_write_text(exp_dir / "filtered.tsv", "".join(f"{u}\t{r}\n" for u, r in data.filtered))
@@ -1044,12 +1072,7 @@ def _train(exp_config, train_manifest, valid_manifest, tokenizer, exp_dir, resum
     ctx = StepContext(model, build_optimizer(model, cfg), cfg, d, amp_dtype, scaler)
     state = TrainState()
     if resume:
-        if d.is_main:
-            _remove_stale_temporaries(exp_dir)
-        path = ckpt.newest_intact_checkpoint(exp_dir / "checkpoints")
-        if path is None:
-            raise ConfigError(exp_dir / "checkpoints", "--resume given but no intact checkpoint found")
-        state = restore_training_checkpoint(ctx, data, exp_config, path)
+        state = restore_training_checkpoint(ctx, data, exp_config, resume_from)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters; %d training utterances, %d batches/epoch on rank %d of %d; device %s",
              n_params / 1e6, len(data.train_set), len(data.sampler), d.rank, d.world_size, d.device)
@@ -1071,7 +1094,7 @@ def _train(exp_config, train_manifest, valid_manifest, tokenizer, exp_dir, resum
     best = state.best[0] if state.best else {"loss": float("nan"), "wer": float("nan")}
     return TrainResult(exp_dir, final, average, state.step, state.epoch, trainer.last_train_loss,
                        float(best["loss"]), float(best["wer"]), state.nonfinite_total, state.skipped_batches,
-                       len(data.filtered), len(trainer.failed))
+                       len(data.filtered), len(trainer.failed), d.rank)
 
 
 # -- averaging (asr average) -----------------------------------------------------------------------

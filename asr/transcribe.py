@@ -7,11 +7,12 @@ The steps, each a small piece that holds bounded state::
 * :class:`EnergyVad` marks 10 ms frames as speech when their energy is some dB above an adaptive noise
   floor, and closes a region after ``min_silence`` of silence (short clicks are dropped).
 * :class:`Segmenter` keeps only the audio of the open region (plus the padding before it) and cuts a region
-  longer than ``max_segment`` where the CTC head predicts a long run of blanks; the next piece starts
-  ``overlap`` seconds before the cut.
+  longer than ``max_segment`` inside the longest run of CTC blanks before the limit (at its quietest
+  10 ms); the next piece starts ``overlap`` seconds before the cut.
 * :func:`decode_batch` decodes a batch of pieces at once and aligns the output tokens to encoder frames
-  with CTC, which gives word times; pieces with an empty CTC output or a very low score are dropped, so
-  silence and noise never invent words.
+  with CTC, which gives word times. Pieces with a very low score, or with an all-blank CTC output and an
+  unsure decoder, are dropped (:func:`is_speech`), so noise that passed the VAD does not invent words;
+  silence never reaches the decoder at all.
 * :func:`stitch` removes from an overlapping piece the words the previous piece already covered.
 * :class:`SegmentWriter` streams txt/json/srt/vtt/tsv into a temporary file and renames it when done.
 
@@ -60,9 +61,9 @@ class VadConfig:
     floor_rise_db_per_s: float = 3.0  # slow rise: speech must not lift the floor up to itself
     floor_fall: float = 0.5  # fraction of the gap closed per frame when a frame is quieter than the floor
     hangover: float = 0.1  # speech continues this long after the last loud frame
-    min_silence: float = 0.25  # a shorter pause does not split a region
+    min_silence: float = 0.3  # a shorter pause does not split a region (>= hangover + padding)
     min_speech: float = 0.1  # regions with less loud audio than this are clicks, not speech
-    padding: float = 0.1  # audio kept on each side of a region
+    padding: float = 0.2  # audio decoded on each side of a region: models are trained on padded clips
 
     def __post_init__(self):
         if self.frame_ms <= 0 or self.min_silence <= 0:
@@ -243,10 +244,15 @@ class EnergyVad:
 
 @dataclass
 class Chunk:
-    """A piece of audio to decode: ``samples`` (n,) float32 starting at sample ``start`` of the stream."""
+    """A piece of audio to decode: ``samples`` (n,) float32 starting at sample ``start`` of the stream.
+
+    ``speech`` is the stretch ``(start, end)`` in stream samples that the chunk stands for: the VAD
+    region without its padding, or the piece between two forced cuts.
+    """
 
     start: int
     samples: np.ndarray
+    speech: tuple[int, int]
     overlaps_previous: bool = False  # it starts inside the previous chunk (a forced cut)
 
 
@@ -281,6 +287,7 @@ class Segmenter:
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # stream sample of _buf[0]
         self._cur: int | None = None  # stream sample where the next chunk of the open region starts
+        self._speech_start = 0  # stream sample where the open region's speech (or the last cut) is
         self._continued = False
         self._last_end = 0
 
@@ -312,6 +319,7 @@ class Segmenter:
     def _open_region(self, start: int) -> None:
         if self._cur is None:
             self._cur = max(start - self._pad, self._last_end, self._buf_start)
+            self._speech_start = max(start, self._cur)
             self._continued = False
 
     def _close_region(self, start: int, end: int) -> list[Chunk]:
@@ -320,7 +328,7 @@ class Segmenter:
         out = []
         while stop - self._cur > self._max:
             out.append(self._forced_cut())
-        out.append(self._chunk(self._cur, stop))
+        out.append(self._chunk(self._cur, stop, min(end, stop)))
         self._last_end, self._cur = stop, None
         return out
 
@@ -328,13 +336,15 @@ class Segmenter:
         """Cut the open region at a blank run shortly before ``max_segment``; keep ``overlap`` of context."""
         window = self._slice(self._cur, self._cur + self._max)
         cut = int(np.clip(self.find_cut(window, self._search_lo, self._max), self._search_lo, self._max))
-        chunk = self._chunk(self._cur, self._cur + cut)
+        chunk = self._chunk(self._cur, self._cur + cut, self._cur + cut)
+        self._speech_start = self._cur + cut
         self._cur += cut - self._overlap
         self._continued = True
         return chunk
 
-    def _chunk(self, start: int, stop: int) -> Chunk:
-        return Chunk(start, self._slice(start, stop).copy(), self._continued)
+    def _chunk(self, start: int, stop: int, speech_end: int) -> Chunk:
+        speech = (self._speech_start, max(self._speech_start, speech_end))
+        return Chunk(start, self._slice(start, stop).copy(), speech, self._continued)
 
     def _slice(self, start: int, stop: int) -> np.ndarray:
         return self._buf[start - self._buf_start : stop - self._buf_start]
@@ -356,7 +366,8 @@ class Segmenter:
 
 @dataclass
 class Decoded:
-    """A decoded chunk before stitching: times in seconds from the stream start."""
+    """A decoded chunk before stitching: times in seconds from the stream start; ``start``/``end``
+    bound the speech the chunk stands for (its audio has padding or overlap around it)."""
 
     start: float
     end: float
@@ -382,7 +393,7 @@ def decode_batch(
     for i, (chunk, hyp) in enumerate(zip(chunks, hyps)):
         # Without a CTC head there is no blank evidence and no alignment: trust the decoder alone.
         log_probs = ctc[i, : int(enc_lengths[i])].numpy() if ctc is not None else None
-        start, dur = chunk.start / sr, len(chunk.samples) / sr
+        start, (speech_start, speech_end) = chunk.start / sr, chunk.speech
         # A pure-CTC model has no decoder log-prob; its CTC path score stands in.
         total = hyp.log_prob if recognizer.model.decoder is not None else hyp.ctc_score
         avg = float(total) / (len(hyp.tokens) + 1)
@@ -391,8 +402,8 @@ def decode_batch(
         words = []
         if keep and cfg.word_timestamps and log_probs is not None:
             words = word_alignment(log_probs, hyp.tokens, recognizer.tokenizer, recognizer.frame_seconds, start)
-        out.append(Decoded(start, start + dur, chunk.overlaps_previous, list(hyp.tokens), words, avg,
-                           dict(hyp.guards), keep))
+        out.append(Decoded(speech_start / sr, speech_end / sr, chunk.overlaps_previous, list(hyp.tokens),
+                           words, avg, dict(hyp.guards), keep))
     return out
 
 
@@ -458,7 +469,9 @@ def stitch(decoded: Decoded, state: StitchState, tokenizer) -> Segment | None:
         text=text,
         tokens=tokens,
         avg_logprob=round(decoded.avg_logprob, 4),
-        words=[(w, round(a, 3), round(b, 3)) for w, a, b, _ in words],
+        # Padding lets a word's alignment spill just outside the speech; keep it inside the segment.
+        words=[(w, round(min(max(a, start), decoded.end), 3), round(min(max(b, start), decoded.end), 3))
+               for w, a, b, _ in words],
         guards=decoded.guards,
     )
 
@@ -736,11 +749,27 @@ def _transcribe_one(recognizer, source, root, stem, formats, options, cfg, vad, 
         blocks = iter_blocks(source, cfg.block_seconds, sr)
         echo, wanted = None, True
     blocks = _prime(blocks)  # open the file before creating outputs, so a bad file leaves none
+    if source != STDIN:
+        blocks = _with_progress(blocks, source, sr)
     writers = [SegmentWriter(stem.with_name(f"{stem.name}.{fmt}"), fmt) for fmt in formats] if wanted else []
     res = transcribe_stream(recognizer, blocks, source, writers, options, cfg, vad, echo, live=source == STDIN)
     log.info("%s: %d segments, %.1f s of audio, RTF %.3f", source, res.segments, res.audio_seconds,
              res.summary()["rtf"])
     return res
+
+
+def _with_progress(blocks: Iterator[np.ndarray], source: str, sample_rate: int) -> Iterator[np.ndarray]:
+    """Show a tqdm bar of audio seconds read (on a terminal only, so logs stay clean)."""
+    from tqdm import tqdm
+
+    from asr.audio import audio_duration
+
+    total = round(audio_duration(source), 1)
+    with tqdm(total=total, unit="s", desc=Path(source).name, leave=False, disable=not sys.stderr.isatty(),
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
+        for block in blocks:
+            yield block
+            bar.update(min(len(block) / sample_rate, total - bar.n))
 
 
 def _prime(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

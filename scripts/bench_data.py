@@ -1,7 +1,7 @@
 """Data pipeline speed: synthesis, the feature stage, and the loader (cached vs on the fly) vs a train step.
 
     python scripts/benchmark.py data [--utterances 40] [--repeat 8] [--max-duration 60] [--steps 2]
-                                     [--train-max-duration 20] [--end-to-end]
+                                     [--train-max-duration 20] [--end-to-end] [--threads N]
 
 Every figure is seconds of audio per wall-clock second on this machine:
 
@@ -45,6 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-max-duration", type=float, default=20.0, help="seconds per train-step batch")
     parser.add_argument("--end-to-end", action="store_true", help="also time train steps fed by the loaders")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the corpus and features here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of this process; 0 = torch's default")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -157,6 +158,8 @@ def train_rate(utts, tokenizer, source: str, workers: int, max_duration: float, 
 
 
 def run(args) -> dict:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_data_"))
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict = {"torch_threads": torch.get_num_threads()}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from asr import checkpoint as ckpt
-from asr.errors import CheckpointError
+from asr.errors import CheckpointError, TokenizerError
 
 
 def _obj(value: float) -> dict:
@@ -144,7 +144,7 @@ def test_model_dir_round_trip(tmp_path, tiny_model_dir):
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     (out / "tokenizer.model").unlink()
-    with pytest.raises(Exception, match="tokenizer"):
+    with pytest.raises(TokenizerError, match="tokenizer.model"):
         ckpt.load_las(out)
     with pytest.raises(CheckpointError, match="not found"):
         ckpt.load_las(tmp_path / "nope")

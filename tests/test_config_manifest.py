@@ -122,3 +122,14 @@ def test_cli_tokenizer_end_to_end(tmp_path):
     tok = Tokenizer.load(tmp_path / "tok.model")
     for t in lines:
         assert tok.decode(tok.encode(t)) == t
+
+
+def test_errors_survive_pickling():
+    # Worker processes (decode --nj, feature stage) send errors back to the parent by pickling.
+    import pickle
+
+    from asr.errors import AudioError
+
+    for err in (AudioError("a.wav", "not audio"), ManifestError("m.jsonl", "bad entry", 3), ConfigError("c", "r")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)

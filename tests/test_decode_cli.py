@@ -98,5 +98,8 @@ def test_user_errors_are_one_line(tmp_path, manifest_with_bad_audio, capsys):
     assert _decode(tmp_path / "no_model", manifest_with_bad_audio, tmp_path / "o") == EXIT_USER_ERROR
     err = capsys.readouterr().err.strip()
     assert err.startswith("asr: error:") and "no_model" in err and len(err.splitlines()) == 1
+    # The same error raised inside a worker process still reaches the user as one line.
+    assert _decode(tmp_path / "no_model", manifest_with_bad_audio, tmp_path / "o", "--nj", "2") == EXIT_USER_ERROR
+    assert "no_model: model folder not found" in capsys.readouterr().err
     assert main(["decode", "--model", "x", "--manifest", str(manifest_with_bad_audio), "--out-dir", "o",
                  "-o", "decode.beam_size=0"]) == EXIT_USER_ERROR

@@ -108,7 +108,5 @@ def test_messages_name_the_key(tmp_path, text, key):
     assert isinstance(out, ConfigError) and key in str(out)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="asr/config.py load_yaml_sections lets PyYAML's RecursionError escape (lead to fix)")
 def test_deep_nesting_is_a_config_error(tmp_path):
     assert isinstance(_load(tmp_path, b"[" * 5000 + b"]" * 5000), ConfigError)

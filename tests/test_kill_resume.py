@@ -25,7 +25,7 @@ from asr.data.manifest import write_manifest
 from asr.train import train
 
 KILLS = 5
-MAX_STEPS = 16
+MAX_STEPS = 40  # more than 5 launches (each killed 1-3 updates in, plus <= 0.1 s) can reach
 
 
 def _config(tiny_config):
@@ -92,12 +92,14 @@ def test_sigkill_and_resume_equals_uninterrupted(tiny_corpus, tiny_config, tmp_p
         proc = subprocess.Popen(cmd + (["--resume"] if before >= 0 else []), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            alive = _wait(proc, lambda b=before: _newest_step(folder, b) > b, 120)
+            # Let it run 1-3 updates, so the kills spread over the run (epoch ends, validations).
+            target = before + 1 + rng.randint(0, 2)
+            alive = _wait(proc, lambda b=before, t=target: _newest_step(folder, b) >= t, 120)
             if alive and during_write:
                 alive = _wait(proc, lambda: _writing(folder), 60)
                 mid_write += alive
             elif alive:
-                time.sleep(rng.uniform(0.0, 0.5))
+                time.sleep(rng.uniform(0.0, 0.1))
             if not alive or proc.poll() is not None:
                 break  # finished before we could kill it: there were fewer steps than kills
             proc.send_signal(signal.SIGKILL)

@@ -63,6 +63,16 @@ def test_average_best_writes_loadable_model_dir(tiny_training, tmp_path):
             assert torch.allclose(value, (best[0][name] + best[1][name]) / 2, atol=1e-6), name
 
 
+def test_average_cli_last_and_errors(tiny_training, tmp_path, capsys):
+    from asr.cli import main
+
+    _, exp_dir = tiny_training
+    assert main(["average", "--exp-dir", str(exp_dir), "--n", "2", "--mode", "last", "--out", str(tmp_path / "a")]) == 0
+    ckpt.load_las(tmp_path / "a")
+    assert main(["average", "--exp-dir", str(tmp_path), "--n", "2", "--out", str(tmp_path / "b")]) == 2
+    assert "best.json" in capsys.readouterr().err
+
+
 # -- numerical guards ---------------------------------------------------------------------------------
 
 

@@ -51,6 +51,10 @@ class FeatStageConfig:
     shard_size: int = 500  # utterances per shard (and per unit of work)
     progress: bool = True  # tqdm progress bar on stderr
 
+    def __post_init__(self) -> None:
+        if self.nj < 1 or self.shard_size < 1:
+            raise ValueError(f"nj and shard_size must be >= 1, got {self.nj} and {self.shard_size}")
+
 
 @dataclass
 class FeatStageResult:
@@ -79,8 +83,19 @@ def _logmel(feature_cfg):
     return _logmel_cache[feature_cfg]
 
 
-def _init_worker() -> None:
+_progress = None  # in pool workers: a shared count of utterances done, for the parent's progress bar
+
+
+def _tick() -> None:
+    if _progress is not None:
+        with _progress.get_lock():
+            _progress.value += 1
+
+
+def _init_worker(progress) -> None:
+    global _progress
     torch.set_num_threads(1)  # parallelism comes from the processes
+    _progress = progress
 
 
 @dataclass
@@ -113,7 +128,9 @@ def _compute_chunk(task: _Task) -> _ChunkResult:
             feats = utterance_features(utt, task.feature_cfg, logmel).numpy()
         except (AsrError, OSError, ValueError) as e:
             out.failures.append((pos, str(e)))
+            _tick()
             continue
+        _tick()
         out.entries.append((pos, start, feats.shape[0]))
         out.stats.accumulate(feats)
         out.seconds += utt.duration
@@ -141,9 +158,17 @@ def _run_tasks(tasks: list[_Task], nj: int, progress: bool) -> Iterator[_ChunkRe
         # milliseconds instead of re-importing librosa for seconds each.
         _logmel(tasks[0].feature_cfg)
         ctx = mp.get_context("fork")
-        with ctx.Pool(min(nj, len(tasks)), initializer=_init_worker) as pool:
-            for r in pool.imap_unordered(_compute_chunk, tasks):
-                bar.update(len(r.entries) + len(r.failures))
+        done = ctx.Value("q", 0)
+        with ctx.Pool(min(nj, len(tasks)), initializer=_init_worker, initargs=(done,)) as pool:
+            results = pool.imap_unordered(_compute_chunk, tasks)
+            for _ in tasks:
+                while True:
+                    try:
+                        r = results.next(timeout=0.5)
+                        break
+                    except mp.TimeoutError:  # a shard is still running: show its utterances so far
+                        bar.update(done.value - bar.n)
+                bar.update(done.value - bar.n)
                 yield r
 
 
@@ -185,8 +210,9 @@ def _save_shard(path: Path, feats: list[np.ndarray]) -> None:
 def _clear_old_outputs(out_dir: Path, stem: str) -> None:
     """Remove the previous run's manifest first, so a crash from here on leaves no manifest at all."""
     (out_dir / f"{stem}.jsonl").unlink(missing_ok=True)
-    for old in out_dir.glob(f"{stem}.shard-*.npy"):
-        old.unlink()
+    # Temporary shards of a killed run (atomic_path names them ".<name>.<random>.tmp") go too.
+    for old in [*out_dir.glob(f"{stem}.shard-*.npy"), *out_dir.glob(f".{stem}.shard-*.tmp")]:
+        old.unlink(missing_ok=True)
 
 
 def run_feature_stage(manifest: str | Path, out_dir: str | Path, feature_cfg,

@@ -329,8 +329,10 @@ def plan_jobs(cfg: SynthConfig, speakers: list[Speaker], pools: dict[str, list[s
         per_speaker = [[] for _ in spk]
         for i in range(n):
             j, k = i % len(spk), i // len(spk)
-            # With too few sentences, speaker j says sentences j, j+1, ... so it repeats none early.
-            per_speaker[j].append(pool[i] if len(pool) >= n else pool[(j + k) % len(pool)])
+            # Deal sentences round-robin over speakers; a pool smaller than the subset is cycled whole
+            # before any sentence repeats, and a repeat then goes to another speaker.
+            per_speaker[j].append(pool[i % len(pool)] if len(pool) >= n or len(pool) % len(spk)
+                                  else pool[(i + k) % len(pool)])
         for s, texts in zip(spk, per_speaker):
             for c0 in range(0, len(texts), UTTS_PER_CHAPTER):
                 chapter = next(chapter_ids)

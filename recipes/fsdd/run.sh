@@ -60,7 +60,7 @@ stage1() {
 stage2() {
   for s in $splits; do
     for part in train dev; do
-      partial_ok asr features --manifest "$manifests/$s/$part.valid.jsonl" --out-dir "$data_dir/feats/$s/$part" --nj "$nj"
+      partial_ok asr features --manifest "$manifests/$s/$part.valid.jsonl" --out-dir "$data_dir/feats/$s/$part" --nj "$nj" --config "$config"
     done
   done
 }

@@ -67,8 +67,8 @@ stage1() {
 
 stage2() {
   if [ "$feature_source" != cached ]; then log "feature_source=$feature_source: computing CMVN only"; fi
-  partial_ok asr features --manifest "$manifests/train.jsonl" --out-dir "$work_dir/feats/train" --nj "$nj"
-  partial_ok asr features --manifest "$manifests/$dev_set.jsonl" --out-dir "$work_dir/feats/$dev_set" --nj "$nj"
+  partial_ok asr features --manifest "$manifests/train.jsonl" --out-dir "$work_dir/feats/train" --nj "$nj" --config "$config"
+  partial_ok asr features --manifest "$manifests/$dev_set.jsonl" --out-dir "$work_dir/feats/$dev_set" --nj "$nj" --config "$config"
 }
 
 stage3() {

@@ -31,8 +31,8 @@ if [ "$quick" = true ]; then
   beam=4
 else
   tag=default
-  synth_opts="--hours 1.5 --dev-fraction 0.05 --test-fraction 0.05 --speakers 24 --min-words 3 --max-words 10 --vocab 600"
-  vocab_size=256
+  synth_opts="--hours 1.5 --dev-fraction 0.05 --test-fraction 0.05 --speakers 24 --min-words 2 --max-words 8 --vocab 1000"
+  vocab_size=512
   config=${config:-$here/conf/train.yaml}
 fi
 data_dir=${data_dir:-$here/data/$tag}
@@ -54,7 +54,7 @@ stage1() {
 
 stage2() {
   for part in train dev test; do
-    partial_ok asr features --manifest "$manifests/$part.jsonl" --out-dir "$data_dir/feats/$part" --nj "$nj"
+    partial_ok asr features --manifest "$manifests/$part.jsonl" --out-dir "$data_dir/feats/$part" --nj "$nj" --config "$config"
   done
 }
 
