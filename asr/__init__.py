@@ -1,9 +1,9 @@
 """Listen-Attend-Spell speech recognition.
 
     >>> import asr
-    >>> model = asr.load_model("recipes/mini/exp/final")
+    >>> model = asr.load_model("recipes/mini/exp/default/final")
     >>> segments = model.transcribe("speech.wav")
-    >>> asr.transcribe("speech.wav", "recipes/mini/exp/final")  # the same in one call
+    >>> asr.transcribe("speech.wav", "recipes/mini/exp/default/final")  # the same in one call
 
 Names are imported on first use (module ``__getattr__``), so ``import asr`` does not load torch.
 """

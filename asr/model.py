@@ -68,6 +68,9 @@ class ModelConfig:
     sampling_prob: float = 0.0  # scheduled sampling: feed back the argmax with this probability
     # An asr.specaugment policy name; "custom" takes the values of the specaug config section.
     specaug_policy: str = "SM"
+    # Subtract each utterance's own mean (cepstral mean normalisation) instead of the corpus mean: it
+    # removes a speaker's or microphone's fixed spectral tilt, which helps on speakers unseen in training.
+    utterance_cmn: bool = False
 
     def __post_init__(self):
         checks = [
@@ -151,6 +154,13 @@ def output_lengths(lengths: Tensor | int, cfg: ModelConfig) -> Tensor | int:
     if isinstance(lengths, int):
         return max(lengths, r) // r
     return torch.div(lengths.clamp(min=r), r, rounding_mode="floor")
+
+
+def utterance_mean(feats: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over each utterance's valid frames: (B, 1, n_mels). feats: (B, T, n_mels); lengths: (B,)."""
+    mask = lengths_to_mask(lengths, feats.size(1))[..., None]
+    total = feats.masked_fill(~mask, 0.0).sum(dim=1, keepdim=True)
+    return total / lengths.clamp(min=1)[:, None, None].to(feats.dtype)
 
 
 def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
@@ -687,7 +697,10 @@ class LAS(nn.Module):
         enc_lengths (B,) = output_lengths(lengths). Values on padded frames never affect valid outputs.
         """
         lengths = lengths.to(device=feats.device, dtype=torch.long)
-        x = (feats - self.cmvn_mean) * self.cmvn_istd
+        if self.cfg.utterance_cmn:
+            x = (feats - utterance_mean(feats, lengths)) * self.cmvn_istd
+        else:
+            x = (feats - self.cmvn_mean) * self.cmvn_istd
         if self.training and self.specaug is not None:
             x = self.specaug(x, lengths)
         r = self.cfg.time_reduction

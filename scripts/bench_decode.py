@@ -1,6 +1,6 @@
 """Decoding speed (real-time factor, one thread): greedy and beam search against pocketsphinx.
 
-    python scripts/benchmark.py decode [--model recipes/mini/exp/final] [--clips a.flac b.wav ...]
+    python scripts/benchmark.py decode [--model recipes/mini/exp/default/final] [--clips a.flac b.wav ...]
                                        [--max-clips 20] [--beam 10] [--ctc-weight 0.3]
 
 Every clip is decoded on its own (batch 1, as pocketsphinx does) with ``torch.set_num_threads(1)``:
@@ -28,7 +28,7 @@ FSDD = Path("/work/shared/data/fsdd/recordings")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", type=Path, default=Path("recipes/mini/exp/final"), help="model folder")
+    parser.add_argument("--model", type=Path, default=Path("recipes/mini/exp/default/final"), help="model folder")
     parser.add_argument("--clips", type=Path, nargs="+", default=None,
                         help="audio files (default: real-speech clips, else FSDD recordings)")
     parser.add_argument("--max-clips", type=int, default=20, help="at most this many default clips")

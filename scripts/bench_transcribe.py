@@ -6,7 +6,7 @@ Each file is made of synthetic utterances (flite, or the WAV files of ``--corpus
 grows with the length of the input (target <= 1.2); RTF is transcription time / audio time (target <= 0.05
 on 2 cores), from the JSON summary (model loading excluded) and from the process's wall time.
 
-    python scripts/benchmark.py transcribe --model recipes/mini/exp/final --short-minutes 1 --long-minutes 30
+    python scripts/benchmark.py transcribe --model recipes/mini/exp/default/final --short-minutes 1 --long-minutes 30
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ SENTENCES = [
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", type=Path, default=REPO / "recipes/mini/exp/final", help="model folder")
+    parser.add_argument("--model", type=Path, default=REPO / "recipes/mini/exp/default/final", help="model folder")
     parser.add_argument("--short-minutes", type=float, default=1.0)
     parser.add_argument("--long-minutes", type=float, default=30.0)
     parser.add_argument("--corpus", type=Path, default=None, help="folder of WAV utterances (default: flite)")

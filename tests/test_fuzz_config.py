@@ -17,9 +17,10 @@ from asr.errors import ConfigError
 
 settings.register_profile("fast", max_examples=150, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.register_profile("long", max_examples=5000, deadline=None,
+settings.register_profile("long", max_examples=int(os.environ.get("ASR_FUZZ_EXAMPLES", "5000")), deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+PROFILE = settings.get_profile("long" if "ASR_FUZZ_EXAMPLES" in os.environ
+                               else os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 VALID = ExperimentConfig.default().to_yaml().encode()
 FIELDS = [(s, k) for s in SECTIONS for k in ExperimentConfig.default().to_sections()[s]]

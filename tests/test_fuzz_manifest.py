@@ -4,6 +4,7 @@ never raises on entries and accounts for every non-blank line."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from asr.data.manifest import read_manifest
 from asr.data.validate import ValidateConfig, validate_manifest
 from asr.errors import ManifestError
 
-FUZZ = settings(max_examples=120, deadline=None)
+FUZZ = settings(max_examples=int(os.environ.get("ASR_FUZZ_EXAMPLES", "120")), deadline=None)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from asr.errors import TokenizerError
 from asr.tokenizer import SOS_ID, UNK_ID, Tokenizer
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=int(os.environ.get("ASR_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _corpus(n: int = 300) -> list[str]:

@@ -394,3 +394,23 @@ def test_overfits_one_batch():
         first = first if first is not None else out.loss.item()
     assert out.loss.item() < 0.1 * first
     assert out.n_correct == out.n_tokens
+
+
+def test_utterance_cmn_ignores_padding_and_a_constant_offset():
+    model = tiny_model(utterance_cmn=True, frame_stack=2).eval()
+    feats, lengths, _, _ = make_batch([45, 30, 17], [2, 2, 2])
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(feats, lengths)
+        # A fixed spectral tilt (a per-bin offset, like a different microphone) changes nothing.
+        shifted, _ = model.encode(feats + torch.linspace(-3, 3, feats.size(2)), lengths)
+        for i in range(3):
+            n, t1 = int(lengths[i]), int(enc_lengths[i])
+            alone, _ = model.encode(feats[i : i + 1, :n], lengths[i : i + 1])
+            torch.testing.assert_close(alone[0], enc[i, :t1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(shifted[i, :t1], enc[i, :t1], atol=1e-4, rtol=0)
+    plain = tiny_model(frame_stack=2).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        moved, _ = plain.encode(feats + 3.0, lengths)
+        base, _ = plain.encode(feats, lengths)
+    assert not torch.allclose(moved, base, atol=1e-3)  # without CMN the offset does matter

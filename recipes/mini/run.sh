@@ -4,6 +4,7 @@
 #
 # Usage: recipes/mini/run.sh [--stage N] [--stop-stage M] [--quick] [--nj 2] [--config conf/train.yaml]
 #                            [--data-dir DIR] [--exp-dir DIR] [--real-speech DIR]
+#   --nproc N      training processes (DDP ranks) under torchrun; 1 runs plain `asr train`
 #   --quick        the same stages on a tiny corpus with a tiny model (about a minute; used by a test)
 #   --stage/--stop-stage  run only stages N..M (0 data, 1 manifests, 2 features, 3 tokenizer, 4 train,
 #                  5 average, 6 decode, 7 score); finished stages leave a marker and are skipped on re-run
@@ -15,6 +16,7 @@ stage=0
 stop_stage=7
 quick=false
 nj=2
+nproc=2
 config=""
 data_dir=""
 exp_dir=""
@@ -29,10 +31,11 @@ if [ "$quick" = true ]; then
   vocab_size=48
   config=${config:-$here/conf/quick.yaml}
   beam=4
+  nproc=1
 else
   tag=default
   synth_opts="--hours 1.5 --dev-fraction 0.05 --test-fraction 0.05 --speakers 24 --min-words 2 --max-words 8 --vocab 1000"
-  vocab_size=512
+  vocab_size=256
   config=${config:-$here/conf/train.yaml}
 fi
 data_dir=${data_dir:-$here/data/$tag}
@@ -66,7 +69,10 @@ stage3() {
 stage4() {
   local resume=""
   [ -d "$exp_dir/train/checkpoints" ] && resume="--resume"
-  asr train --config "$config" --train-manifest "$data_dir/feats/train/train.jsonl" \
+  # Two DDP ranks of one thread each use 2 cores better than one process with two threads.
+  local launch="asr train"
+  [ "$nproc" -gt 1 ] && launch="torchrun --standalone --nproc-per-node $nproc -m asr train"
+  $launch --config "$config" --train-manifest "$data_dir/feats/train/train.jsonl" \
     --valid-manifest "$data_dir/feats/dev/dev.jsonl" --tokenizer "$data_dir/lang/tokenizer.model" \
     --cmvn "$data_dir/feats/train/cmvn.json" --exp-dir "$exp_dir/train" $resume
 }
