@@ -22,9 +22,11 @@ Nothing grows with the length of the input: the audio held is at most one block 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
+import select
 import sys
 import tempfile
 import time
@@ -124,6 +126,27 @@ def iter_array_blocks(audio: np.ndarray, block_seconds: float, sample_rate: int)
         yield audio[i : i + size]
 
 
+def _interruptible_reader(stream: IO[bytes]):
+    """A ``read(n)`` for ``stream`` that lets Ctrl-C through while waiting for data.
+
+    A signal may be delivered to another thread (torch's or soxr's workers); a blocking read in the main
+    thread is then never interrupted, and Python runs the handler only once a byte arrives. Waiting in
+    short ``select`` slices returns to the interpreter often enough for KeyboardInterrupt to be raised.
+    """
+    try:
+        # Read the descriptor directly: nothing reads this stream through its buffer before us.
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return getattr(stream, "read1", stream.read)
+
+    def read(n: int) -> bytes:
+        while not select.select([fd], [], [], 0.1)[0]:
+            pass
+        return os.read(fd, n)
+
+    return read
+
+
 def iter_pcm_blocks(
     stream: IO[bytes], rate: int, sample_rate: int, block_seconds: float = 0.25
 ) -> Iterator[np.ndarray]:
@@ -140,7 +163,7 @@ def iter_pcm_blocks(
 
     resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32") if rate != sample_rate else None
     want = max(2, int(round(block_seconds * rate)) * 2)
-    read = getattr(stream, "read1", stream.read)
+    read = _interruptible_reader(stream)
     buf = b""
     while True:
         data = read(want - len(buf))
