@@ -31,9 +31,10 @@ def main() -> int:
     for target in args.targets:
         path = REPO / "tests" / f"test_fuzz_{target}.py"
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(path)],
                            capture_output=True, text=True, env=env, cwd=REPO)
-        summary = (r.stdout.strip().splitlines() or ["?"])[-1]
+        lines = [ln for ln in r.stdout.splitlines() if " passed" in ln or " failed" in ln] or ["?"]
+        summary = lines[-1].strip("= ")
         print(f"{target:10s} {args.examples} cases per fuzz test: {summary} ({time.perf_counter() - t0:.0f} s)",
               flush=True)
         if r.returncode != 0:
