@@ -419,7 +419,10 @@ def test_cli_ctrl_c_keeps_what_is_finished(recognizer, tiny_model_dir, long_audi
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "asr", "transcribe", "--model", str(tiny_model_dir), "-",
                              "--beam", "1", "--format", "json,srt", "--output-dir", str(tmp_path)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            # A shell starts background jobs with SIGINT ignored, and the child would inherit
+                            # that; a user's interactive Ctrl-C is what this test is about.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.stdin.write(pcm)
         proc.stdin.flush()
