@@ -217,6 +217,22 @@ def save_model_dir(folder: str | Path, model: torch.nn.Module | dict, exp_config
     return folder
 
 
+def read_model_dir(model_dir: Path, what: str, map_location: str | torch.device = "cpu"):
+    """Load ``<model_dir>/model.pt`` of a model folder: ``(path, checkpoint dict, config sections dict)``.
+
+    ``what`` names the folder in errors ("model", "LM"). Raises CheckpointError for a missing folder,
+    a corrupt file or a checkpoint without config sections.
+    """
+    if not model_dir.is_dir():
+        raise CheckpointError(model_dir, f"{what} folder not found")
+    path = model_dir / "model.pt"
+    obj = load_checkpoint(path, map_location=map_location)
+    sections = obj.get("config")
+    if not isinstance(sections, dict):
+        raise CheckpointError(path, "checkpoint has no 'config' sections")
+    return path, obj, sections
+
+
 def load_las(model_dir: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild ``(LAS, Tokenizer, ExperimentConfig)`` from a model folder; the model is in eval mode.
 
@@ -229,13 +245,7 @@ def load_las(model_dir: str | Path, map_location: str | torch.device = "cpu"):
     from asr.tokenizer import Tokenizer
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(model_dir, "model folder not found")
-    path = model_dir / "model.pt"
-    obj = load_checkpoint(path, map_location=map_location)
-    sections = obj.get("config")
-    if not isinstance(sections, dict):
-        raise CheckpointError(path, "checkpoint has no 'config' sections")
+    path, obj, sections = read_model_dir(model_dir, "model", map_location)
     try:
         exp_config = ExperimentConfig.from_sections(sections, where=str(path))
     except ConfigError as e:

@@ -242,15 +242,11 @@ def load_lm(model_dir: str | Path, map_location: str | torch.device = "cpu") -> 
 
     Raises CheckpointError for a missing folder, corrupt weights or a config that does not fit them.
     """
-    from asr.checkpoint import load_checkpoint
+    from asr.checkpoint import read_model_dir
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(model_dir, "LM folder not found")
-    path = model_dir / "model.pt"
-    obj = load_checkpoint(path, map_location=map_location)
-    sections = obj.get("config")
-    if not isinstance(sections, dict) or not isinstance(sections.get("lm"), dict):
+    path, obj, sections = read_model_dir(model_dir, "LM", map_location)
+    if not isinstance(sections.get("lm"), dict):
         raise CheckpointError(path, "not an LM checkpoint (no 'lm' config section)")
     try:
         cfg = from_dict(LMConfig, sections["lm"], f"{path} [lm]")

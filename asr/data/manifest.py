@@ -67,8 +67,8 @@ def parse_entry(obj: Any, path: str | Path, line: int, base: Path | None = None)
     return Utterance(uid, audio, duration, text, speaker, offset, extra)
 
 
-def iter_manifest_lines(path: str | Path):
-    """Yield ``(line_number, raw_line_text)`` of a manifest, raising ManifestError on bad bytes."""
+def iter_manifest_bytes(path: str | Path):
+    """Yield ``(line_number, raw_line_bytes)`` of a manifest's non-blank lines; ManifestError if unreadable."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -77,8 +77,13 @@ def iter_manifest_lines(path: str | Path):
     except OSError as e:
         raise ManifestError(path, f"cannot read manifest ({e.strerror or e})") from None
     for i, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
+        if line.strip():
+            yield i, line
+
+
+def iter_manifest_lines(path: str | Path):
+    """Yield ``(line_number, raw_line_text)`` of a manifest, raising ManifestError on bad bytes."""
+    for i, line in iter_manifest_bytes(path):
         try:
             yield i, line.decode("utf-8")
         except UnicodeDecodeError:

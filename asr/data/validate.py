@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asr.data.importers import header_durations, tsv_field
-from asr.data.manifest import Utterance, parse_entry, write_manifest
+from asr.data.manifest import Utterance, iter_manifest_bytes, parse_entry, write_manifest
 from asr.errors import ManifestError
 from asr.io_utils import atomic_write_text
 
@@ -71,26 +71,12 @@ class ValidationReport:
                 + (f" ({kinds})" if kinds else ""))
 
 
-def _raw_lines(path: Path):
-    # Like manifest.iter_manifest_lines, but a non-UTF-8 line is yielded as bytes to be rejected
-    # rather than raised, so the lines after it are still checked.
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ManifestError(path, "manifest not found") from None
-    except OSError as e:
-        raise ManifestError(path, f"cannot read manifest ({e.strerror or e})") from None
-    for i, line in enumerate(raw.split(b"\n"), start=1):
-        if line.strip():
-            yield i, line
-
-
 def _parse_lines(path: Path, report: ValidationReport) -> list[tuple[int, Utterance]]:
     """Entries that parse, with their line numbers; the rest become rejects."""
     base = path.resolve().parent
     entries: list[tuple[int, Utterance]] = []
     seen: set[str] = set()
-    for i, raw in _raw_lines(path):
+    for i, raw in iter_manifest_bytes(path):
         report.lines += 1
         try:
             text = raw.decode("utf-8")
