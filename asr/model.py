@@ -266,8 +266,17 @@ class Attention(nn.Module):
     not depend on the decoder step, so :meth:`precompute` computes it once per utterance. Several heads
     each attend on their own and their contexts (each projected to ``enc_dim / heads``) are concatenated.
 
-    Energies are kept channels-first, (N, attention_dim, T'), so that the per-head projections are
-    grouped 1x1 convolutions: one batched kernel each for any number of heads, with no transposes.
+    Two exact rewrites make a step cheap on CPU, where it runs over every frame of every beam row:
+
+    - ``tanh(e) = 2 sigmoid(2 e) - 1``, and the ``-1`` adds the same constant to all of a head's
+      scores, which the softmax ignores. So the scores are ``2 w_h . sigmoid(2 e)``: PyTorch's CPU
+      sigmoid is several times faster than its tanh. The factor 2 is folded into the keys, the query
+      and the location weights, so it costs nothing per element.
+    - The location convolution (one input channel) and its projection are linear, so they fold into
+      one (kernel x attention_dim) matrix applied to the unfolded previous alignment: one large matmul
+      instead of a slow narrow convolution. The parameters keep their convolution shapes.
+
+    Energies are channels-last, (N, T', attention_dim), the layout of the key projection.
     """
 
     def __init__(self, cfg: ModelConfig, enc_dim: int, query_dim: int):
@@ -278,11 +287,11 @@ class Attention(nn.Module):
         self.query = nn.Linear(query_dim, dim, bias=False)
         self.score = nn.Conv1d(dim, self.heads, 1, groups=self.heads, bias=False)
         self.location = self.location_proj = None
+        self.kernel = cfg.location_kernel
         if cfg.attention != "content":
             channels = self.heads * cfg.location_channels
-            kernel = cfg.location_kernel
             self.location = nn.Conv1d(
-                self.heads, channels, kernel, padding=kernel // 2, groups=self.heads, bias=False
+                self.heads, channels, self.kernel, padding=self.kernel // 2, groups=self.heads, bias=False
             )
             self.location_proj = nn.Conv1d(channels, dim, 1, groups=self.heads, bias=False)
         self.value = None
@@ -292,20 +301,27 @@ class Attention(nn.Module):
             nn.init.uniform_(self.value, -bound, bound)
 
     def precompute(self, enc: Tensor) -> Tensor:
-        """Encoder key projection. enc: (N, T', D) -> keys (N, attention_dim, T')."""
-        return self.key(enc).transpose(1, 2).contiguous()
+        """Encoder key projection, doubled for the sigmoid form. enc: (N, T', D) -> keys (N, T', attention_dim)."""
+        return F.linear(enc, 2 * self.key.weight, 2 * self.key.bias)
 
     def initial_alignment(self, enc_mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Uniform alignment over the valid frames. enc_mask: (N, T') -> (N, heads, T')."""
         uniform = enc_mask.to(dtype) / enc_mask.sum(1, keepdim=True).clamp(min=1)
         return uniform[:, None, :].expand(-1, self.heads, -1).contiguous()
 
+    def _location_matrix(self) -> Tensor:
+        """Convolution then projection folded into one map, doubled: (heads, kernel, attention_dim / heads)."""
+        h = self.heads
+        conv = self.location.weight.view(h, -1, self.kernel)  # (H, C, K)
+        proj = self.location_proj.weight.view(h, -1, conv.size(1))  # (H, A/H, C)
+        return 2 * torch.bmm(proj, conv).transpose(1, 2)
+
     def forward(
         self, query: Tensor, keys: Tensor, enc: Tensor, enc_mask: Tensor, prev: Tensor
     ) -> tuple[Tensor, Tensor]:
         """One attention step.
 
-        query: (N, Q) decoder state; keys: (N, attention_dim, T') from :meth:`precompute`;
+        query: (N, Q) decoder state; keys: (N, T', attention_dim) from :meth:`precompute`;
         enc: (N, T', D); enc_mask: (N, T') True on valid frames; prev: (N, heads, T') previous alignment.
         Returns context (N, D) and weights (N, heads, T') that sum to 1 over the valid frames and are 0
         on padding.
@@ -318,12 +334,27 @@ class Attention(nn.Module):
         """:meth:`forward` with the query projection q (N, attention_dim) done and the context product
         given as ``contexts(weights (N, heads, T')) -> (N, heads, D)`` (the training loop passes a
         version with batched gradients)."""
-        energy = torch.add(keys, q.unsqueeze(-1))
+        n, frames, dim = keys.shape
+        h = self.heads
         if self.location is not None:
-            # In place on the fresh conv output: the 1x1 conv's backward does not need its output.
-            energy = self.location_proj(self.location(prev)).add_(energy)
-        scores = self.score(torch.tanh(energy)).masked_fill(~enc_mask[:, None, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
+            pad = self.kernel // 2
+            # (N, H, T', K) sliding windows of the previous alignment, a view until the matmul.
+            windows = F.pad(prev, (pad, pad)).unfold(-1, self.kernel, 1)
+            if h == 1:
+                energy = torch.matmul(windows[:, 0], self._location_matrix()[0])  # (N, T', A)
+            else:
+                energy = torch.matmul(windows, self._location_matrix()[None]).transpose(1, 2).reshape(n, frames, dim)
+            energy = energy.add_(keys)
+        else:
+            energy = keys.clone()
+        # In place: neither the matmul's nor the additions' backward needs these values.
+        energy = energy.add_(q.unsqueeze(1), alpha=2).sigmoid_()
+        w = 2 * self.score.weight.view(h, dim // h)
+        if h == 1:
+            scores = torch.matmul(energy, w[0]).unsqueeze(1)  # (N, 1, T')
+        else:
+            scores = (energy.view(n, frames, h, dim // h) * w).sum(-1).transpose(1, 2)
+        weights = torch.softmax(scores.masked_fill(~enc_mask[:, None, :], float("-inf")), dim=-1)
         context = contexts(weights)  # (N, heads, D)
         if self.value is not None:
             context = torch.matmul(context.unsqueeze(2), self.value).flatten(1)
@@ -416,7 +447,7 @@ class DecoderState(NamedTuple):
     """Speller state between steps; every tensor has the batch (or beam) on dim 0.
 
     h, c: (N, decoder_layers, decoder_hidden); context: (N, enc_dim) previous attention context;
-    alignment: (N, heads, T') previous attention weights; keys: (N, attention_dim, T') encoder key
+    alignment: (N, heads, T') previous attention weights; keys: (N, T', attention_dim) encoder key
     projection (constant across steps, carried here so that beam reordering keeps it aligned).
     """
 
@@ -790,6 +821,27 @@ def _lstm_macs(in_dim: int, hidden: int) -> int:
     return 4 * hidden * (in_dim + hidden)
 
 
+def _listener_macs(cfg: ModelConfig, n_frames: int) -> int:
+    """Multiply-accumulates of the listener's forward pass over one utterance of ``n_frames`` frames."""
+    hidden, d = cfg.listener_hidden, cfg.encoder_dim
+    t = max(n_frames, cfg.time_reduction) // cfg.frame_stack
+    dim = cfg.n_mels * cfg.frame_stack
+    macs = 0
+    for _ in range(cfg.listener_layers):
+        macs += 2 * t * _lstm_macs(dim, hidden)
+        dim = d
+    for _ in range(cfg.pyramid_layers):
+        t //= 2
+        macs += 2 * t * _lstm_macs(2 * dim, hidden)
+        dim = d
+    return macs
+
+
+def count_listener_flops(cfg: ModelConfig, frames: Sequence[int]) -> float:
+    """Analytic FLOPs of the listener alone, forward + backward (backward = 2 x forward), as :func:`count_flops`."""
+    return 3.0 * 2.0 * sum(_listener_macs(cfg, n) for n in frames)
+
+
 def count_flops(
     cfg: ModelConfig, frames: int | Sequence[int], tokens: int | Sequence[int]
 ) -> float:
@@ -803,19 +855,12 @@ def count_flops(
     tokens = [tokens] if isinstance(tokens, int) else list(tokens)
     if len(frames) != len(tokens):
         raise ValueError("frames and tokens must have one entry per utterance")
-    hidden, d = cfg.listener_hidden, cfg.encoder_dim
+    d = cfg.encoder_dim
     heads = cfg.attention_heads if cfg.attention == "multihead" else 1
     macs = 0
     for n_frames, n_tokens in zip(frames, tokens, strict=True):
-        t = max(n_frames, cfg.time_reduction) // cfg.frame_stack
-        dim = cfg.n_mels * cfg.frame_stack
-        for _ in range(cfg.listener_layers):
-            macs += 2 * t * _lstm_macs(dim, hidden)
-            dim = d
-        for _ in range(cfg.pyramid_layers):
-            t //= 2
-            macs += 2 * t * _lstm_macs(2 * dim, hidden)
-            dim = d
+        macs += _listener_macs(cfg, n_frames)
+        t = output_lengths(n_frames, cfg)
         steps = n_tokens + 1
         if cfg.ctc_weight > 0:
             macs += t * d * cfg.vocab_size

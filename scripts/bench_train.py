@@ -6,7 +6,9 @@ Synthetic batches: utterances of 4-8 s (100 frames/s) filling ``--max-duration``
 ``--tokens-per-second`` target tokens each. A step is forward + backward + Adam update. Reported:
 seconds of audio trained per wall-second, the analytic FLOP/s of the model (asr.model.count_flops),
 and that as a fraction of the peak: the best torch.mm FLOP/s on large square fp32 matrices with the
-same processes and threads, measured in the same run.
+same processes and threads, measured in the same run. Then the listener alone (its forward and
+backward on the same batches): it holds most of the FLOPs, so its own fraction of the peak is a ceiling
+for the whole step.
 
 Default: 2 processes x 1 thread (how 2 cores train best, with DDP): intra-op threading of the small
 per-step LSTM products gains little, and OpenMP threads that spin-wait collapse when other work
@@ -21,7 +23,7 @@ import time
 
 import torch
 
-from asr.model import LAS, ModelConfig, count_flops
+from asr.model import LAS, ModelConfig, count_flops, count_listener_flops
 from asr.tokenizer import IGNORE_ID
 
 FRAMES_PER_SECOND = 100  # 10 ms hop
@@ -112,6 +114,17 @@ def measure(args, rank: int = 0, barrier=None, results=None) -> dict:
         flops += count_flops(cfg, frames.tolist(), tokens.tolist())
         utts += frames.numel()
     sync()
+    # The listener alone (forward + backward of its LSTMs) on the same batches: most of the model's
+    # FLOPs are here, so its own fraction of the peak bounds what the whole step can reach.
+    listener_flops, listener_elapsed = 0.0, 0.0
+    for feats, frames, _, _ in batches[2:]:
+        t0 = time.perf_counter()
+        enc, _ = model.listener(feats, frames)
+        enc.sum().backward()
+        listener_elapsed += time.perf_counter() - t0
+        listener_flops += count_listener_flops(cfg, frames.tolist())
+    model.zero_grad(set_to_none=True)
+    sync()
     # Other work on the machine changes the peak; take the best of two measurements around the run.
     peak = max(peak_before, matmul_peak(args.matmul_size))
     out = dict(
@@ -119,6 +132,8 @@ def measure(args, rank: int = 0, barrier=None, results=None) -> dict:
         flops=flops,
         elapsed=elapsed,
         utts=utts,
+        listener_flops=listener_flops,
+        listener_elapsed=listener_elapsed,
         peak=peak,
         parameters=sum(p.numel() for p in model.parameters()),
     )
@@ -147,6 +162,8 @@ def run(args) -> dict:
     flop_rate = sum(p["flops"] / p["elapsed"] for p in parts)
     # Each worker's peak at its thread count, measured concurrently.
     peak = sum(p["peak"] for p in parts)
+    listener_rate = sum(p["listener_flops"] / p["listener_elapsed"] for p in parts)
+    flop_share = sum(p["listener_flops"] for p in parts) / sum(p["flops"] for p in parts)
     steps = args.steps * len(parts)
     result = {
         "processes": args.processes,
@@ -159,6 +176,8 @@ def run(args) -> dict:
         "model_gflops_per_second": flop_rate / 1e9,
         "matmul_peak_gflops_per_second": peak / 1e9,
         "fraction_of_peak": flop_rate / peak,
+        "listener_share_of_flops": flop_share,
+        "listener_alone_fraction_of_peak": listener_rate / peak,
         "parameters": parts[0]["parameters"],
     }
     print(
@@ -170,5 +189,10 @@ def run(args) -> dict:
         f"model {result['model_gflops_per_second']:.1f} GFLOP/s vs torch.mm peak "
         f"{result['matmul_peak_gflops_per_second']:.1f} GFLOP/s (same processes and threads): "
         f"{100 * result['fraction_of_peak']:.1f}% of peak"
+    )
+    print(
+        f"listener alone (forward + backward of its LSTMs, same batches): {listener_rate / 1e9:.1f} GFLOP/s, "
+        f"{100 * result['listener_alone_fraction_of_peak']:.1f}% of peak; it holds "
+        f"{100 * flop_share:.0f}% of the model's FLOPs"
     )
     return result

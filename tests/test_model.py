@@ -239,6 +239,33 @@ def test_attention_is_zero_on_padding_and_sums_to_one(attention):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("attention", ["location", "content", "multihead"])
+def test_attention_equals_the_tanh_and_convolution_formula(attention):
+    """The sigmoid form and the folded location matrix give Chorowski et al.'s energies exactly."""
+    import torch.nn.functional as F
+
+    model = tiny_model(attention=attention, attention_dim=16, attention_heads=4)
+    att = model.decoder.attention
+    heads = att.heads
+    n, frames, enc_dim = 3, 11, 2 * TINY["listener_hidden"]
+    enc = torch.randn(n, frames, enc_dim)
+    mask = lengths_to_mask(torch.tensor([11, 7, 3]), frames)
+    prev = torch.softmax(torch.randn(n, heads, frames).masked_fill(~mask[:, None], float("-inf")), -1)
+    query = torch.randn(n, TINY["decoder_hidden"])
+    context, weights = att(query, att.precompute(enc), enc, mask, prev)
+
+    # Reference: channels-first energies with convolutions and tanh, as in the paper.
+    energy = (att.key(enc) + att.query(query)[:, None, :]).transpose(1, 2)  # (N, A, T)
+    if att.location is not None:
+        energy = energy + att.location_proj(att.location(prev))
+    scores = F.conv1d(torch.tanh(energy), att.score.weight, groups=heads)  # (N, H, T)
+    expected = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), -1)
+    torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-6)
+    ctx = torch.bmm(expected, enc)
+    expected_ctx = torch.matmul(ctx.unsqueeze(2), att.value).flatten(1) if heads > 1 else ctx.squeeze(1)
+    torch.testing.assert_close(context, expected_ctx, rtol=1e-5, atol=1e-6)
+
+
 def test_decoder_io_places_sos_and_eos():
     targets = torch.tensor([[5, 6, 7], [8, IGNORE_ID, IGNORE_ID]])
     inputs, outputs = decoder_io(targets, torch.tensor([3, 1]))
