@@ -336,19 +336,18 @@ class Attention(nn.Module):
         version with batched gradients)."""
         n, frames, dim = keys.shape
         h = self.heads
+        energy = torch.add(keys, q.unsqueeze(1), alpha=2)
         if self.location is not None:
             pad = self.kernel // 2
             # (N, H, T', K) sliding windows of the previous alignment, a view until the matmul.
             windows = F.pad(prev, (pad, pad)).unfold(-1, self.kernel, 1)
             if h == 1:
-                energy = torch.matmul(windows[:, 0], self._location_matrix()[0])  # (N, T', A)
+                location = torch.matmul(windows[:, 0], self._location_matrix()[0])  # (N, T', A)
             else:
-                energy = torch.matmul(windows, self._location_matrix()[None]).transpose(1, 2).reshape(n, frames, dim)
-            energy = energy.add_(keys)
-        else:
-            energy = keys.clone()
-        # In place: neither the matmul's nor the additions' backward needs these values.
-        energy = energy.add_(q.unsqueeze(1), alpha=2).sigmoid_()
+                location = torch.matmul(windows, self._location_matrix()[None]).transpose(1, 2).reshape(n, frames, dim)
+            energy = energy.add_(location)
+        # In place: the additions' backward does not need these values.
+        energy = energy.sigmoid_()
         w = 2 * self.score.weight.view(h, dim // h)
         if h == 1:
             scores = torch.matmul(energy, w[0]).unsqueeze(1)  # (N, 1, T')
