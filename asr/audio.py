@@ -137,6 +137,21 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
+def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``audio`` ``factor`` times faster (tempo, pitch and formants together), as Kaldi's speed
+    perturbation does: resampled by 1/factor and read at the original rate.
+
+    Args:
+        audio: (samples,) float32.
+    Returns:
+        (round(samples / factor),) float32.
+    """
+    if factor == 1.0:
+        return audio
+    out = soxr.resample(audio, factor, 1.0, quality=_RESAMPLE_QUALITY)
+    return np.asarray(out, dtype=np.float32)
+
+
 def _check_finite(path: Path, audio: np.ndarray) -> np.ndarray:
     # finite float samples near the float32 limit overflow to Inf when channels are summed or resampled
     if not np.isfinite(audio).all():

@@ -271,7 +271,8 @@ def _add_corpus(sub) -> None:
     s = csub.add_parser("synth", help="flite/espeak-ng corpus: <out>/<subset>/<spk>/<chapter>/*.flac + trans.txt",
                         description="Sizes: --utterances N or --hours H (estimated from words per sentence). "
                         "For a small CPU recipe keep sentences short (--max-words) and the vocabulary "
-                        "small (--vocab N keeps sentences whose words are all among the N most frequent).")
+                        "small (--vocab N keeps sentences whose words are all among the N most frequent), "
+                        "or speak random sequences of a small vocabulary (--word-sequences --vocab N).")
     s.add_argument("--out", required=True, type=Path, help="corpus root (SPEAKERS.TXT and one folder per subset)")
     s.add_argument("--utterances", type=_positive_int, default=0, help="total utterances over all subsets")
     s.add_argument("--hours", type=_nonneg_float, default=0.0, help="total hours (used when --utterances is 0)")
@@ -284,10 +285,17 @@ def _add_corpus(sub) -> None:
     s.add_argument("--test-speakers", type=_positive_int, default=0, help="default max(2, speakers/6)")
     s.add_argument("--heldout-voice", default="rms", help="flite voice heard only in test (kal16, awb, rms, slt)")
     s.add_argument("--subsets", default="train-clean,dev-clean,test-clean", help="train,dev,test folder names")
+    s.add_argument("--voice-subset", default="",
+                   help="a fourth subset (e.g. test-voice) spoken only by --heldout-voice, kept out of test")
     s.add_argument("--text", type=Path, default=None, help="sentences, one per line (default: WordNet examples)")
     s.add_argument("--min-words", type=_positive_int, default=1)
     s.add_argument("--max-words", type=_positive_int, default=30)
     s.add_argument("--vocab", type=_positive_int, default=0, help="keep sentences within the N most frequent words")
+    s.add_argument("--word-sequences", action="store_true",
+                   help="random sequences of --min-words..--max-words words from a --vocab-word vocabulary "
+                        "(the most frequent words of the text, homophones removed) instead of its sentences")
+    s.add_argument("--min-phones", type=_positive_int, default=3,
+                   help="--word-sequences: leave out words of fewer phones (default 3: no THE, OF, IN, A)")
     s.add_argument("--noise-snr", type=float, default=None, help="add white noise at this SNR in dB")
     s.add_argument("--reverb-prob", type=_nonneg_float, default=0.0, help="probability of a synthetic room echo")
     s.add_argument("--speed-perturb", default="", help="speed factors drawn per utterance, e.g. 0.9,1.0,1.1")
@@ -310,7 +318,9 @@ def _run_corpus_synth(args) -> int:
         test_fraction=args.test_fraction, dev_utterances=args.dev_utterances, test_utterances=args.test_utterances,
         speakers=args.speakers, dev_speakers=args.dev_speakers, test_speakers=args.test_speakers,
         heldout_voice=args.heldout_voice, train_subset=subsets[0], dev_subset=subsets[1], test_subset=subsets[2],
+        voice_subset=args.voice_subset,
         text_file=str(args.text or ""), min_words=args.min_words, max_words=args.max_words, vocab=args.vocab,
+        word_sequences=args.word_sequences, min_phones=args.min_phones,
         noise_snr=args.noise_snr, reverb_prob=args.reverb_prob, speed_perturb=args.speed_perturb,
         augment_subsets=args.augment_subsets, seed=args.seed, nj=args.nj), "corpus synth flags")
     report = synthesize_corpus(cfg)
@@ -361,6 +371,11 @@ def _add_manifest(sub) -> None:
                      help="rejected lines: line, id, kind, reason (TSV; default <out>.rejects.tsv with --out)")
     val.add_argument("--duration-tolerance", type=_nonneg_float, default=0.1, help="seconds (default 0.1)")
     val.set_defaults(func=_run_manifest_validate)
+    sp = msub.add_parser("speed-perturb", help="one copy of each entry per speed factor (Kaldi-style, sp<f>- ids)")
+    sp.add_argument("manifest", type=Path)
+    sp.add_argument("--out", required=True, type=Path)
+    sp.add_argument("--factors", default="0.9,1.0,1.1", help="comma-separated speed factors (default 0.9,1.0,1.1)")
+    sp.set_defaults(func=_run_manifest_speed_perturb)
 
 
 def _run_manifest_import(args) -> int:
@@ -388,6 +403,21 @@ def _run_manifest_export_kaldi(args) -> int:
 
     utts = read_manifest(args.manifest)
     print(f"kaldi: {export_kaldi(utts, args.out_dir)} ({len(utts)} utterances)")
+    return 0
+
+
+def _run_manifest_speed_perturb(args) -> int:
+    from asr.data.manifest import read_manifest, speed_perturbed, write_manifest
+    from asr.errors import ConfigError
+
+    utts = read_manifest(args.manifest)
+    try:
+        utts = speed_perturbed(utts, [float(f) for f in args.factors.split(",")])
+    except ValueError as e:
+        raise ConfigError("--factors", str(e)) from None
+    write_manifest(args.out, utts)
+    hours = sum(u.duration for u in utts) / 3600
+    print(f"manifest: {args.out} ({len(utts)} utterances, {hours:.2f} h, speed factors {args.factors})")
     return 0
 
 

@@ -42,15 +42,16 @@ def test_mini_quick_runs_every_stage_and_skips_on_rerun(tmp_path):
     r = _run(script, "--quick", "--data-dir", data, "--exp-dir", exp, "--real-speech", tmp_path / "none")
     for n in range(8):
         assert (exp / ".done" / f"stage-{n}.done").is_file(), f"stage {n} left no marker"
-    assert "| dev |" in r.stdout and "| test |" in r.stdout, r.stdout[-2000:]
+    assert "| dev |" in r.stdout and "| test |" in r.stdout and "| test-voice |" in r.stdout, r.stdout[-2000:]
     assert (exp / "RESULTS.md").read_text().count("|") > 10
     assert (exp / "final" / "model.pt").is_file() and (exp / "final" / "tokenizer.model").is_file()
-    for part in ("dev", "test"):
+    for part in ("dev", "test", "test-voice"):
         assert (exp / "decode" / part / "hyps.jsonl").stat().st_size > 0
         assert (exp / "score" / part / "wer.txt").is_file()
     # LibriSpeech layout of the synthetic corpus.
     flacs = list((data / "corpus" / "train-clean").glob("*/*/*-*-*.flac"))
     assert flacs and (data / "corpus" / "SPEAKERS.TXT").is_file()
+    assert list((data / "corpus" / "test-voice").glob("*/*/*-*-*.flac"))
 
     r = _run(script, "--quick", "--data-dir", data, "--exp-dir", exp, "--real-speech", tmp_path / "none",
              "--stop-stage", "6")

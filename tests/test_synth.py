@@ -124,6 +124,26 @@ def test_speakers_and_sentences_disjoint(corpus):
     assert not any(names[s][3].startswith(heldout) for s in speakers["train-clean"])
 
 
+def test_the_heldout_voice_can_have_its_own_subset(tmp_path, text_file, capsys):
+    out = tmp_path / "c"
+    assert main(["corpus", "synth", "--out", str(out), "--text", str(text_file), "--utterances", "12",
+                 "--dev-utterances", "4", "--test-utterances", "4", "--speakers", "6",
+                 "--voice-subset", "test-voice", "--seed", "3"]) == 0
+    assert "test-voice: 4 utterances" in capsys.readouterr().out
+    names = _speakers_txt(out)
+    voice = {p.name: names[p.name][3] for p in (out / "test-voice").iterdir()}
+    # The held-out voice speaks the fourth subset alone; test keeps its speakers, of training voices.
+    assert len(voice) == 1 and all(n.startswith("flite rms ") for n in voice.values())
+    for subset in SUBSETS:
+        assert not any(names[p.name][3].startswith("flite rms ") for p in (out / subset).iterdir())
+    assert len(list((out / "test-clean").iterdir())) == 2
+    texts = {subset: {line.split(" ", 1)[1] for t in (out / subset).glob("*/*/*.trans.txt")
+                      for line in t.read_text().splitlines()} for subset in SUBSETS + ("test-voice",)}
+    assert len(set.union(*texts.values())) == sum(map(len, texts.values()))  # disjoint sentences
+    imported = import_librispeech(out / "test-voice")
+    assert len(imported.utterances) == 4 and not imported.failures
+
+
 def test_same_seed_same_bytes_and_resume(corpus, tmp_path, text_file):
     cfg, _ = corpus
     first = _files(Path(cfg.out_dir))

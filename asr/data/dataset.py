@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from asr.data.manifest import Utterance
+from asr.data.manifest import Utterance, source_duration, speed_of
 from asr.errors import AsrError, DataError
 from asr.tokenizer import IGNORE_ID, Tokenizer
 
@@ -46,11 +46,13 @@ def utterance_features(utt: Utterance, cfg, logmel=None) -> torch.Tensor:
     ``logmel`` is an ``asr.features.LogMel(cfg)`` to reuse (building one per call re-creates its
     filterbank). Raises AudioError on unreadable audio.
     """
-    from asr.audio import load_audio
+    from asr.audio import change_speed, load_audio
     from asr.features import LogMel
 
-    duration = utt.duration if utt.duration > 0 else None
+    duration = source_duration(utt) if utt.duration > 0 else None
     wave = load_audio(utt.audio, sample_rate=cfg.sample_rate, offset=utt.offset, duration=duration)
+    if speed_of(utt) != 1.0:
+        wave = change_speed(wave, speed_of(utt))
     if logmel is None:
         logmel = LogMel(cfg)
     samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]

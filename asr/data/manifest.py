@@ -2,7 +2,8 @@
 
 Keys: ``id``, ``audio`` (path; a relative path is resolved against the manifest's folder),
 ``offset`` (seconds, default 0), ``duration`` (seconds), ``text`` and ``speaker``. Any other key is kept
-in :attr:`Utterance.extra` and written back unchanged (the feature stage adds ``feats``).
+in :attr:`Utterance.extra` and written back unchanged (the feature stage adds ``feats``; speed
+perturbation adds ``speed``, see :func:`speed_perturbed`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,40 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[Utterance
     if not utts and not allow_empty:
         raise ManifestError(path, "manifest is empty")
     return utts
+
+
+def speed_of(utt: Utterance) -> float:
+    """The entry's speed-perturbation factor (``extra["speed"]``; 1.0 when absent)."""
+    return float(utt.extra.get("speed", 1.0))
+
+
+def source_duration(utt: Utterance) -> float:
+    """Seconds of the audio file that the entry covers: ``duration`` is after speed perturbation."""
+    return utt.duration * speed_of(utt)
+
+
+def speed_perturbed(utts: Iterable[Utterance], factors: Iterable[float]) -> list[Utterance]:
+    """Each utterance once per speed factor, Kaldi-style (Ko et al., 2015).
+
+    A factor ``f`` other than 1 gives a copy with id and speaker prefixed ``sp<f>-`` (a perturbed
+    speaker counts as a new one), ``duration / f`` and ``extra["speed"] = f``; the features are computed
+    from the audio resampled so that it plays ``f`` times faster, pitch and formants shifted with it.
+    """
+    factors = list(factors)
+    if not factors or any(not 0.5 <= f <= 2.0 for f in factors) or len(set(factors)) != len(factors):
+        raise ValueError(f"speed factors must be distinct and in [0.5, 2], got {factors}")
+    out = []
+    for utt in utts:
+        if speed_of(utt) != 1.0:
+            raise ValueError(f"{utt.id} is already speed-perturbed")
+        for f in factors:
+            if f == 1.0:
+                out.append(utt)
+                continue
+            tag = f"sp{f:g}-"
+            out.append(Utterance(tag + utt.id, utt.audio, round(utt.duration / f, 4), utt.text,
+                                 tag + utt.speaker if utt.speaker else "", utt.offset, {**utt.extra, "speed": f}))
+    return out
 
 
 def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> None:

@@ -7,14 +7,18 @@ Layout written under ``out_dir``::
     <subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac   16 kHz mono PCM_16
 
 A speaker is one TTS voice with its own fixed pitch and rate. Train, dev and test speakers are
-disjoint, and one flite voice (``heldout_voice``) speaks only in test, so the test set measures
-generalisation to a voice never heard in training. Sentences are disjoint between subsets.
+disjoint, and one flite voice (``heldout_voice``) speaks only in test, or only in a subset of its own
+(``voice_subset``), so that generalisation to a voice never heard in training is measured.
+Sentences are disjoint between subsets.
 
 Text comes from the example sentences in WordNet's glosses (Debian ``wordnet-base``) or a user file,
 normalised with :func:`asr.text.normalize_librispeech`. For a model that must learn on 2 CPU cores,
 ``min_words``/``max_words`` keep sentences short and ``vocab`` keeps only sentences whose words are
 all among the ``vocab`` most frequent words of the sentences of that length: a 600-word vocabulary of 3-10 word
 sentences trains to a low WER in minutes, the full WordNet vocabulary (~40k words) does not.
+With ``word_sequences`` the text is instead random sequences of ``min_words``..``max_words`` words
+from a ``vocab``-word homophone-free vocabulary (:mod:`asr.data.wordseq`), a small-vocabulary task in
+the manner of AN4 or TIDIGITS where every word is heard hundreds of times.
 
 Everything is a function of ``seed``: the speaker plan, the sentence split, and every augmentation
 choice (each utterance seeds its own generator from its id), so a re-run writes byte-identical FLACs
@@ -42,6 +46,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.config import to_dict
+from asr.data.wordseq import word_sequences, word_vocabulary
 from asr.errors import DataError
 from asr.io_utils import atomic_path, atomic_write_text
 from asr.text import normalize_librispeech
@@ -85,11 +90,19 @@ class SynthConfig:
     train_subset: str = "train-clean"
     dev_subset: str = "dev-clean"
     test_subset: str = "test-clean"
+    # A fourth subset spoken only by ``heldout_voice`` (e.g. "test-voice"); "" = that voice is one of
+    # the test speakers. Separate, the test set measures unseen speakers of the training voices and this
+    # one a voice never heard, as LibriSpeech's test-clean and test-other separate easy and hard speakers.
+    voice_subset: str = ""
     text_file: str = ""  # one sentence per line; "" = WordNet examples
     wordnet_dir: str = WORDNET_DIR
     min_words: int = 1
     max_words: int = 30
     vocab: int = 0  # > 0: keep sentences whose words are all among the N most frequent
+    # True: random sequences of min..max words from a ``vocab``-word homophone-free vocabulary
+    # (asr.data.wordseq) instead of the sentences themselves
+    word_sequences: bool = False
+    min_phones: int = 3  # word_sequences: leave out words of fewer phones (THE, OF, IN, A)
     noise_snr: float | None = None  # dB; None = no additive noise
     reverb_prob: float = 0.0
     speed_perturb: str = ""  # e.g. "0.9,1.0,1.1": one factor drawn per utterance
@@ -113,9 +126,17 @@ class SynthConfig:
             raise ValueError("need 1 <= min_words <= max_words")
         if not 0 <= self.reverb_prob <= 1:
             raise ValueError("reverb_prob must be in [0, 1]")
-        if len({self.train_subset, self.dev_subset, self.test_subset}) != 3:
+        if len(set(self.subsets)) != len(self.subsets) or "" in self.subsets[:3]:
             raise ValueError("subset names must differ")
         speed_factors(self.speed_perturb)
+        if self.word_sequences and self.vocab <= 0:
+            raise ValueError("word_sequences needs the vocabulary size: vocab > 0")
+
+    @property
+    def subsets(self) -> tuple[str, ...]:
+        """Subset folder names: train, dev, test and the held-out voice's when there is one."""
+        base = (self.train_subset, self.dev_subset, self.test_subset)
+        return base + (self.voice_subset,) if self.voice_subset else base
 
 
 @dataclass(frozen=True)
@@ -225,6 +246,8 @@ def load_sentences(cfg: SynthConfig) -> list[str]:
     else:
         raw = wordnet_examples(cfg.wordnet_dir)
     normalized = sorted({t for t in map(normalize_librispeech, raw) if t})
+    if cfg.word_sequences:
+        return _word_sequences(cfg, normalized)
     keep = [s for s in normalized if cfg.min_words <= len(s.split()) <= cfg.max_words]
     if cfg.vocab > 0:
         # Counted over the sentences of the wanted length, whose top words are what a small model
@@ -240,6 +263,18 @@ def load_sentences(cfg: SynthConfig) -> list[str]:
     return keep
 
 
+def _word_sequences(cfg: SynthConfig, sentences: list[str]) -> list[str]:
+    vocabulary = word_vocabulary(sentences, cfg.vocab, cfg.min_phones)
+    total = cfg.utterances or _utterances_for_hours(cfg.hours, (cfg.min_words + cfg.max_words) / 2)
+    # A margin over the estimate so that every utterance gets its own sequence.
+    total += cfg.test_utterances or round(total * cfg.test_fraction) if cfg.voice_subset else 0
+    return word_sequences(vocabulary, math.ceil(total * 1.1) + 3, cfg.min_words, cfg.max_words, cfg.seed)
+
+
+def _utterances_for_hours(hours: float, mean_words: float) -> int:
+    return math.ceil(hours * 3600 / (SECONDS_PER_UTT + SECONDS_PER_WORD * mean_words))
+
+
 # ----------------------------------------------------------------------------------------------
 # Plan: speakers, sizes, sentences, utterances
 # ----------------------------------------------------------------------------------------------
@@ -249,18 +284,20 @@ def subset_sizes(cfg: SynthConfig, sentences: list[str]) -> dict[str, int]:
     """Utterances per subset, from ``utterances`` or an estimate of ``hours``."""
     total = cfg.utterances
     if total <= 0:
-        mean_words = sum(len(s.split()) for s in sentences) / len(sentences)
-        total = math.ceil(cfg.hours * 3600 / (SECONDS_PER_UTT + SECONDS_PER_WORD * mean_words))
+        total = _utterances_for_hours(cfg.hours, sum(len(s.split()) for s in sentences) / len(sentences))
     dev = cfg.dev_utterances or round(total * cfg.dev_fraction)
     test = cfg.test_utterances or round(total * cfg.test_fraction)
     train = total - dev - test
     if train <= 0:
         raise DataError("corpus size", f"{total} utterances leave none for training after {dev} dev and {test} test")
-    return {cfg.train_subset: train, cfg.dev_subset: dev, cfg.test_subset: test}
+    sizes = {cfg.train_subset: train, cfg.dev_subset: dev, cfg.test_subset: test}
+    if cfg.voice_subset:
+        sizes[cfg.voice_subset] = test
+    return sizes
 
 
 def plan_speakers(cfg: SynthConfig) -> list[Speaker]:
-    """Speakers of the three subsets, disjoint; the held-out flite voice speaks only in test."""
+    """Speakers of the subsets, disjoint; the held-out flite voice speaks only in test (or its own subset)."""
     rng = random.Random(f"speakers:{cfg.seed}")
     n_dev = cfg.dev_speakers or max(2, cfg.speakers // 6)
     n_test = cfg.test_speakers or max(2, cfg.speakers // 6)
@@ -288,12 +325,14 @@ def plan_speakers(cfg: SynthConfig) -> list[Speaker]:
     # Alternate engines so every subset hears both; cycle flite voices so each recurs.
     for subset, count in ((cfg.train_subset, n_train), (cfg.dev_subset, n_dev), (cfg.test_subset, n_test)):
         for i in range(count):
-            if subset == cfg.test_subset and i == 0:
+            if subset == cfg.test_subset and i == 0 and not cfg.voice_subset:
                 speakers.append(flite(cfg.heldout_voice, subset))
             elif i % 2 == 0:
                 speakers.append(flite(flite_train[(i // 2) % len(flite_train)], subset))
             else:
                 speakers.append(espeak_ng(subset))
+    if cfg.voice_subset:
+        speakers.append(flite(cfg.heldout_voice, cfg.voice_subset))
     return speakers
 
 
@@ -307,7 +346,7 @@ def split_sentences(cfg: SynthConfig, sentences: list[str], sizes: dict[str, int
     out: dict[str, list[str]] = {}
     start = 0
     # Test first, then dev: evaluation sets get distinct sentences; train takes what is left.
-    for name in (cfg.test_subset, cfg.dev_subset):
+    for name in (cfg.test_subset, cfg.dev_subset) + cfg.subsets[3:]:
         n = min(sizes[name], max(1, len(pool) * sizes[name] // total))
         out[name] = pool[start:start + n]
         start += n
@@ -323,7 +362,7 @@ def plan_jobs(cfg: SynthConfig, speakers: list[Speaker], pools: dict[str, list[s
     augmented = {getattr(cfg, f"{s.strip()}_subset") for s in cfg.augment_subsets.split(",") if s.strip()}
     jobs: list[UttJob] = []
     chapter_ids = iter(range(1000, 10 ** 6, 13))
-    for subset in (cfg.train_subset, cfg.dev_subset, cfg.test_subset):
+    for subset in cfg.subsets:
         spk = [s for s in speakers if s.subset == subset]
         pool, n = pools[subset], sizes[subset]
         per_speaker = [[] for _ in spk]
@@ -583,7 +622,7 @@ def _tally(cfg: SynthConfig, report: SynthReport, speakers: list[Speaker], jobs:
             spk_seconds[job.speaker.id] += durations[job.utt_id]
             report.utterances[subset] = report.utterances.get(subset, 0) + 1
             report.seconds[subset] = report.seconds.get(subset, 0.0) + durations[job.utt_id]
-    for subset in (cfg.train_subset, cfg.dev_subset, cfg.test_subset):
+    for subset in cfg.subsets:
         report.speakers[subset] = sum(1 for s in speakers if s.subset == subset)
         report.sentences[subset] = len({j.text for j in jobs if j.speaker.subset == subset})
     return spk_seconds

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asr.data.importers import header_durations, tsv_field
-from asr.data.manifest import Utterance, iter_manifest_bytes, parse_entry, write_manifest
+from asr.data.manifest import (
+    Utterance,
+    iter_manifest_bytes,
+    parse_entry,
+    source_duration,
+    write_manifest,
+)
 from asr.errors import ManifestError
 from asr.io_utils import atomic_write_text
 
@@ -124,12 +130,14 @@ def _audio_problem(utt: Utterance, header: float | str, segment: bool, tol: floa
         if not Path(utt.audio).exists():
             return "missing-audio", f"audio not found: {utt.audio}"
         return "unreadable-audio", f"unreadable audio {utt.audio}: {header}"
-    end = utt.offset + utt.duration
+    # A speed-perturbed entry's duration is after perturbation; the file holds duration * speed.
+    duration = source_duration(utt)
+    end = utt.offset + duration
     if end > header + tol:
         return "duration-mismatch", f"offset+duration {end:.3f} s exceeds the audio's {header:.3f} s"
     # A whole-file entry must match the header; a segment only has to fit.
-    if not segment and abs(header - utt.duration) > tol:
-        return "duration-mismatch", f"duration {utt.duration:.3f} s but the audio header says {header:.3f} s"
+    if not segment and abs(header - duration) > tol:
+        return "duration-mismatch", f"duration {duration:.3f} s but the audio header says {header:.3f} s"
     return None
 
 

@@ -5,7 +5,8 @@
 #
 # Usage: recipes/fsdd/run.sh [--stage N] [--stop-stage M] [--fsdd-dir DIR] [--holdout-speaker theo]
 #                            [--config conf/train.yaml] [--holdout-config conf/train_holdout.yaml]
-#                            [--exp-dir DIR] [--nj 2] [--quick]
+#                            [--exp-dir DIR] [--nj 2] [--quick] [--splits "official holdout"]
+#                            [--speed-perturb 0.9,1.0,1.1]   ("" = no speed perturbation)
 #   The held-out-speaker model normalises each utterance by its own mean (model.utterance_cmn): a new
 #   speaker's microphone and voice shift the spectrum, and the corpus mean cannot remove that.
 # Stages: 0 data, 1 manifests, 2 features, 3 tokenizer, 4 train, 5 average, 6 decode, 7 score.
@@ -24,6 +25,10 @@ nj=2
 beam=10
 ctc_weight=0.3
 quick=false
+splits="official holdout"
+# Kaldi-style speed perturbation of the training takes: each take also at 0.9x and 1.1x speed (pitch and
+# formants move with it), i.e. more voices than the five training speakers. "" turns it off.
+speed_perturb="0.9,1.0,1.1"
 parse_options "$@"
 
 if [ "$quick" = true ]; then config="$here/conf/quick.yaml"; holdout_config=$config; exp_dir="$exp_dir-quick"; fi
@@ -31,7 +36,8 @@ config_of() { if [ "$1" = holdout ]; then echo "$holdout_config"; else echo "$co
 data_dir=$exp_dir/data
 done_dir=$exp_dir/.done
 manifests=$data_dir/manifests
-splits="official holdout"
+train_name=train.valid.jsonl
+[ -n "$speed_perturb" ] && train_name=train.sp.jsonl
 mkdir -p "$exp_dir"
 export PYTHONUNBUFFERED=1
 
@@ -59,19 +65,22 @@ stage1() {
       partial_ok asr manifest validate "$manifests/$s/$part.jsonl" --out "$manifests/$s/$part.valid.jsonl" \
         --rejects "$manifests/$s/$part.rejects.tsv"
     done
+    if [ -n "$speed_perturb" ]; then
+      asr manifest speed-perturb "$manifests/$s/train.valid.jsonl" --out "$manifests/$s/$train_name" \
+        --factors "$speed_perturb"
+    fi
   done
 }
 
 stage2() {
   for s in $splits; do
-    for part in train dev; do
-      partial_ok asr features --manifest "$manifests/$s/$part.valid.jsonl" --out-dir "$data_dir/feats/$s/$part" --nj "$nj" --config "$(config_of "$s")"
-    done
+    partial_ok asr features --manifest "$manifests/$s/$train_name" --out-dir "$data_dir/feats/$s/train" --nj "$nj" --config "$(config_of "$s")"
+    partial_ok asr features --manifest "$manifests/$s/dev.valid.jsonl" --out-dir "$data_dir/feats/$s/dev" --nj "$nj" --config "$(config_of "$s")"
   done
 }
 
 stage3() {
-  asr tokenizer --manifest "$manifests/official/train.valid.jsonl" --out "$data_dir/lang/tokenizer" \
+  asr tokenizer --manifest "$manifests/${splits%% *}/train.valid.jsonl" --out "$data_dir/lang/tokenizer" \
     --vocab-size 32 --model-type unigram
 }
 
@@ -79,7 +88,7 @@ stage4() {
   for s in $splits; do
     local resume=""
     [ -d "$exp_dir/$s/train/checkpoints" ] && resume="--resume"
-    asr train --config "$(config_of "$s")" --train-manifest "$data_dir/feats/$s/train/train.valid.jsonl" \
+    asr train --config "$(config_of "$s")" --train-manifest "$data_dir/feats/$s/train/$train_name" \
       --valid-manifest "$data_dir/feats/$s/dev/dev.valid.jsonl" --tokenizer "$data_dir/lang/tokenizer.model" \
       --cmvn "$data_dir/feats/$s/train/cmvn.json" --exp-dir "$exp_dir/$s/train" $resume
   done
