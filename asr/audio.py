@@ -123,7 +123,7 @@ def _to_mono(path: Path, block: np.ndarray) -> np.ndarray:
         return block.mean(axis=1, dtype=np.float32)
 
 
-def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+def resample(audio: np.ndarray, orig_rate: float, target_rate: float) -> np.ndarray:
     """Resample with soxr's high-quality filter (librosa's ``soxr_hq``).
 
     Args:
@@ -146,10 +146,7 @@ def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
     Returns:
         (round(samples / factor),) float32.
     """
-    if factor == 1.0:
-        return audio
-    out = soxr.resample(audio, factor, 1.0, quality=_RESAMPLE_QUALITY)
-    return np.asarray(out, dtype=np.float32)
+    return resample(audio, factor, 1.0)
 
 
 def _check_finite(path: Path, audio: np.ndarray) -> np.ndarray:

@@ -50,9 +50,8 @@ def utterance_features(utt: Utterance, cfg, logmel=None) -> torch.Tensor:
     from asr.features import LogMel
 
     duration = source_duration(utt) if utt.duration > 0 else None
-    wave = load_audio(utt.audio, sample_rate=cfg.sample_rate, offset=utt.offset, duration=duration)
-    if speed_of(utt) != 1.0:
-        wave = change_speed(wave, speed_of(utt))
+    wave = change_speed(load_audio(utt.audio, sample_rate=cfg.sample_rate, offset=utt.offset, duration=duration),
+                        speed_of(utt))
     if logmel is None:
         logmel = LogMel(cfg)
     samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]

@@ -265,14 +265,10 @@ def load_sentences(cfg: SynthConfig) -> list[str]:
 
 def _word_sequences(cfg: SynthConfig, sentences: list[str]) -> list[str]:
     vocabulary = word_vocabulary(sentences, cfg.vocab, cfg.min_phones)
-    total = cfg.utterances or _utterances_for_hours(cfg.hours, (cfg.min_words + cfg.max_words) / 2)
-    # A margin over the estimate so that every utterance gets its own sequence.
-    total += cfg.test_utterances or round(total * cfg.test_fraction) if cfg.voice_subset else 0
+    # Lengths are uniform, so the mean is known before drawing; the margin covers the sizes that
+    # subset_sizes later computes from the drawn sequences, so every utterance gets its own sequence.
+    total = sum(_sizes(cfg, (cfg.min_words + cfg.max_words) / 2).values())
     return word_sequences(vocabulary, math.ceil(total * 1.1) + 3, cfg.min_words, cfg.max_words, cfg.seed)
-
-
-def _utterances_for_hours(hours: float, mean_words: float) -> int:
-    return math.ceil(hours * 3600 / (SECONDS_PER_UTT + SECONDS_PER_WORD * mean_words))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,9 +278,11 @@ def _utterances_for_hours(hours: float, mean_words: float) -> int:
 
 def subset_sizes(cfg: SynthConfig, sentences: list[str]) -> dict[str, int]:
     """Utterances per subset, from ``utterances`` or an estimate of ``hours``."""
-    total = cfg.utterances
-    if total <= 0:
-        total = _utterances_for_hours(cfg.hours, sum(len(s.split()) for s in sentences) / len(sentences))
+    return _sizes(cfg, sum(len(s.split()) for s in sentences) / len(sentences))
+
+
+def _sizes(cfg: SynthConfig, mean_words: float) -> dict[str, int]:
+    total = cfg.utterances or math.ceil(cfg.hours * 3600 / (SECONDS_PER_UTT + SECONDS_PER_WORD * mean_words))
     dev = cfg.dev_utterances or round(total * cfg.dev_fraction)
     test = cfg.test_utterances or round(total * cfg.test_fraction)
     train = total - dev - test
