@@ -353,8 +353,8 @@ def _add_manifest(sub) -> None:
         if kind == "librispeech":
             k.add_argument("--subset", default="", help="subset folder under SOURCE, e.g. dev-clean")
         if kind == "fsdd":
-            k.add_argument("--split", choices=["train", "test", "all"], default="train",
-                           help="official split: takes 0-4 are test")
+            k.add_argument("--split", choices=["train", "dev", "test", "all"], default="train",
+                           help="official split: takes 0-4 test, 45-49 dev, the rest train")
             k.add_argument("--holdout-speaker", default="", help="this speaker's files are test, the rest train")
         else:
             k.add_argument("--no-normalize", action="store_true", help="keep transcripts as they are")

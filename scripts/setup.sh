@@ -16,7 +16,15 @@ missing_debs() {
   echo "${m[@]:-}"
 }
 
+# A usable environment has pip: a `python3 -m venv` that failed for want of ensurepip leaves bin/python.
+venv_ok() { "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }
+can_make_venv() { "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; }
+
 missing=$(missing_debs)
+# Debian ships venv's pip bootstrap (ensurepip) in python3-venv; without it `python3 -m venv` fails.
+if ! venv_ok && ! can_make_venv; then
+  missing="${missing:+$missing }python3-venv"
+fi
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "[setup] installing Debian packages: $missing"
@@ -30,15 +38,20 @@ if [ -n "$missing" ]; then
     echo "[setup] (continuing; corpus synthesis needs them)"
   fi
 fi
+if ! venv_ok && ! can_make_venv; then
+  echo "[setup] error: '$PYTHON -m venv' cannot create an environment (no ensurepip):" \
+    "run  sudo apt-get install -y python3-venv  and run the set-up again" >&2
+  exit 1
+fi
 
 STAMP="$VENV/.setup-stamp"
 HASH=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0
 fi
-if [ ! -x "$VENV/bin/python" ]; then
+if ! venv_ok; then
   echo "[setup] creating virtual environment in $VENV"
-  "$PYTHON" -m venv "$VENV"
+  "$PYTHON" -m venv --clear "$VENV"
 fi
 echo "[setup] installing the package and its dependencies (torch pinned to the CPU build)"
 "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -6,10 +6,16 @@
                   training WER is 0 (train.target_wer), at most 400 updates; built once per session
                   (about 150-250 updates: 40-100 s on 2 busy cores).
 ``tiny_config``   factory for the tiny experiment config those use, for tests that train their own.
+
+The Debian packages the synthetic corpora need (flite, espeak-ng, wordnet-base) are checked once per
+session: without them the tests that need them skip locally, but with ``CI=true`` the run fails at once
+and prints the install line, so a CI run cannot pass with those tests skipped. Hypothesis runs
+derandomized in CI (profile ``ci``); scripts/fuzz.py is for random hunts.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -18,6 +24,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Debian package -> the file or program the tests use from it.
+DEBIAN_NEEDS = {"flite": ("flite", "t2p"), "espeak-ng": ("espeak-ng",), "wordnet-base": ("/usr/share/wordnet/data.noun",)}
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if IN_CI:
+    settings.load_profile("ci")
 
 WORDS = ["yes", "no", "up", "down", "left", "right", "stop", "go"]
 NUM_UTTS = 20
@@ -44,6 +60,35 @@ class TinyCorpus:
         from asr.tokenizer import Tokenizer
 
         return Tokenizer.load(self.tokenizer_path)
+
+
+def missing_debian_packages() -> list[str]:
+    """The packages of DEBIAN_NEEDS with a program not on PATH or a file not present."""
+    def present(need: str) -> bool:
+        return Path(need).exists() if need.startswith("/") else shutil.which(need) is not None
+
+    return [pkg for pkg, needs in DEBIAN_NEEDS.items() if not all(present(n) for n in needs)]
+
+
+def pytest_sessionstart(session):
+    missing = missing_debian_packages()
+    if IN_CI and missing:
+        pytest.exit(f"CI=true but Debian package(s) {' '.join(missing)} missing; the tests that need them would "
+                    f"only skip. Install: sudo apt-get install -y {' '.join(missing)}  (or run scripts/setup.sh "
+                    f"as root)", returncode=1)
+
+
+def shared_data(name: str) -> Path | None:
+    """The shared data set ``name`` beside the checkout, or None when absent (tests then skip).
+
+    ``$ASR_SHARED_DIR/data/name``, else the nearest ``<ancestor>/shared/data/name`` above the repository
+    (``../shared`` for a clone; a worktree may sit deeper), as recipes/common.sh looks it up.
+    """
+    if os.environ.get("ASR_SHARED_DIR"):
+        candidates = [Path(os.environ["ASR_SHARED_DIR"]) / "data" / name]
+    else:
+        candidates = [a / "shared" / "data" / name for a in REPO.parents]
+    return next((c for c in candidates if c.is_dir()), None)
 
 
 def _tiny_texts(n: int, seed: int = 1) -> list[str]:

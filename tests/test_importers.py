@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import shared_data
 
 from asr.cli import EXIT_PARTIAL, main
 from asr.data.importers import (
@@ -19,8 +20,6 @@ from asr.data.importers import (
 )
 from asr.data.manifest import Utterance, read_manifest
 from asr.errors import DataError
-
-FSDD = Path("/work/shared/data/fsdd/recordings")
 
 
 def tone(path: Path, seconds: float, rate: int = 16000) -> Path:
@@ -128,37 +127,70 @@ def test_export_kaldi_without_offsets_has_no_segments(libri, tmp_path):
 
 @pytest.fixture
 def fsdd_dir(tmp_path) -> Path:
-    for name in ("3_alice_0.wav", "3_alice_7.wav", "7_bob_2.wav", "0_bob_49.wav"):
+    for name in ("3_alice_0.wav", "3_alice_7.wav", "3_alice_45.wav", "7_bob_2.wav", "0_bob_44.wav", "0_bob_49.wav"):
         tone(tmp_path / name, 0.4, rate=8000)
     (tmp_path / "notes_1.wav").write_bytes(b"")
     return tmp_path
 
 
+def _ids(result) -> list[str]:
+    return sorted(u.id for u in result.utterances)
+
+
 def test_fsdd_official_and_holdout_splits(fsdd_dir):
-    train = import_fsdd(fsdd_dir, "train")
-    test = import_fsdd(fsdd_dir, "test")
-    assert sorted(u.id for u in train.utterances) == ["0_bob_49", "3_alice_7"]
-    assert sorted(u.id for u in test.utterances) == ["3_alice_0", "7_bob_2"]
+    # Official: takes 0-4 test, 45-49 dev, the rest train.
+    train, dev, test = (import_fsdd(fsdd_dir, split) for split in ("train", "dev", "test"))
+    assert _ids(train) == ["0_bob_44", "3_alice_7"]
+    assert _ids(dev) == ["0_bob_49", "3_alice_45"]
+    assert _ids(test) == ["3_alice_0", "7_bob_2"]
     assert {u.id: u.text for u in test.utterances} == {"3_alice_0": "THREE", "7_bob_2": "SEVEN"}
     assert test.utterances[0].speaker == "alice" and test.utterances[0].duration == pytest.approx(0.4)
     assert [f[0] for f in train.failures] == ["notes_1.wav"]
-    held = import_fsdd(fsdd_dir, "test", holdout_speaker="bob")
-    assert sorted(u.id for u in held.utterances) == ["0_bob_49", "7_bob_2"]
-    assert sorted(u.id for u in import_fsdd(fsdd_dir, "train", "bob").utterances) == ["3_alice_0", "3_alice_7"]
+    assert len(import_fsdd(fsdd_dir, "all").utterances) == 6
+    # Held-out speaker: all of bob's takes are test; alice's takes 45-49 are dev, whatever the take.
+    assert _ids(import_fsdd(fsdd_dir, "test", holdout_speaker="bob")) == ["0_bob_44", "0_bob_49", "7_bob_2"]
+    assert _ids(import_fsdd(fsdd_dir, "train", "bob")) == ["3_alice_0", "3_alice_7"]
+    assert _ids(import_fsdd(fsdd_dir, "dev", "bob")) == ["3_alice_45"]
     with pytest.raises(DataError, match="carol"):
         import_fsdd(fsdd_dir, "test", holdout_speaker="carol")
+    with pytest.raises(DataError, match="split must be"):
+        import_fsdd(fsdd_dir, "valid")
 
 
-@pytest.mark.skipif(not FSDD.is_dir(), reason="FSDD not present in /work/shared/data/fsdd")
+def test_cli_import_fsdd(fsdd_dir, tmp_path, capsys):
+    out = tmp_path / "m" / "dev.jsonl"
+    # The unparsable notes_1.wav is skipped and listed: exit 1 (partial), the rest written.
+    assert main(["manifest", "import", "fsdd", str(fsdd_dir), "--split", "dev", "--out", str(out)]) == EXIT_PARTIAL
+    assert [(u.id, u.text, u.speaker) for u in read_manifest(out)] == \
+        [("0_bob_49", "ZERO", "bob"), ("3_alice_45", "THREE", "alice")]
+    assert (tmp_path / "m" / "dev.failures.tsv").read_text().startswith("notes_1.wav\t")
+    assert "2 utterances" in capsys.readouterr().out
+    held = tmp_path / "held.jsonl"
+    assert main(["manifest", "import", "fsdd", str(fsdd_dir), "--split", "test", "--holdout-speaker", "bob",
+                 "--out", str(held)]) == EXIT_PARTIAL
+    assert [u.id for u in read_manifest(held)] == ["0_bob_44", "0_bob_49", "7_bob_2"]
+    assert main(["manifest", "import", "fsdd", str(fsdd_dir), "--holdout-speaker", "carol", "--out",
+                 str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "carol" in err and "Traceback" not in err and not (tmp_path / "x.jsonl").exists()
+
+
 def test_fsdd_real_recordings():
-    names = [p.name for p in FSDD.glob("*.wav")]
-    parsed = [FSDD_NAME_RE.match(n) for n in names]
-    expected_test = sum(1 for m in parsed if m and int(m.group(3)) < 5)
-    test = import_fsdd(FSDD, "test")
-    assert len(test.utterances) == expected_test > 0 and not test.failures
-    assert {u.text for u in test.utterances} <= {"ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN",
-                                                 "EIGHT", "NINE"}
-    assert all(0.05 < u.duration < 10 for u in test.utterances)
+    fsdd = shared_data("fsdd")
+    if fsdd is None:
+        pytest.skip("no shared FSDD data beside the checkout (../shared/data/fsdd or $ASR_SHARED_DIR)")
+    recordings = fsdd / "recordings" if (fsdd / "recordings").is_dir() else fsdd
+    parsed = [FSDD_NAME_RE.match(p.name) for p in recordings.glob("*.wav")]
+    takes = [int(m.group(3)) for m in parsed if m]
+    parts = {split: import_fsdd(recordings, split) for split in ("train", "dev", "test")}
+    assert len(parts["test"].utterances) == sum(t < 5 for t in takes) > 0
+    assert len(parts["dev"].utterances) == sum(t >= 45 for t in takes) > 0
+    assert sum(len(p.utterances) for p in parts.values()) == len(takes)
+    assert all(not p.failures for p in parts.values())
+    test = parts["test"].utterances
+    assert {u.text for u in test} <= {"ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT",
+                                      "NINE"}
+    assert all(0.05 < u.duration < 10 for u in test)
 
 
 def test_tsv_import(tmp_path):
@@ -170,6 +202,20 @@ def test_tsv_import(tmp_path):
     assert [(u.id, u.text, round(u.duration, 3)) for u in result.utterances] == \
         [("a", "HELLO TWO YOU", 1.0), ("a-2", "AGAIN", 0.5)]
     assert [f[0] for f in result.failures] == ["b", f"{tsv}:6", "missing"]
+
+
+def test_cli_import_tsv(tmp_path, capsys):
+    tone(tmp_path / "a.wav", 1.0)
+    tone(tmp_path / "b.wav", 0.5)
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("a.wav\tHello 2 you\nb.wav\tagain\n")
+    out = tmp_path / "t.jsonl"
+    assert main(["manifest", "import", "tsv", str(tsv), "--out", str(out)]) == 0
+    assert [(u.id, u.text) for u in read_manifest(out)] == [("a", "HELLO TWO YOU"), ("b", "AGAIN")]
+    assert not (tmp_path / "t.failures.tsv").exists()
+    assert main(["manifest", "import", "tsv", str(tsv), "--no-normalize", "--out", str(out)]) == 0
+    assert [u.text for u in read_manifest(out)] == ["Hello 2 you", "again"]
+    assert "2 utterances" in capsys.readouterr().out
 
 
 def test_cli_import_writes_manifest_and_failures(libri, tmp_path, capsys):

@@ -24,6 +24,9 @@ from asr.text import normalize_librispeech, number_to_words
 AUDIO_SUFFIXES = (".flac", ".wav")
 FSDD_NAME_RE = re.compile(r"^(\d)_([A-Za-z0-9]+)_(\d+)\.wav$")
 FSDD_TEST_TAKES = range(0, 5)  # the dataset's official split: takes 0-4 test, 5-49 train
+# Validation takes, held out of training for every speaker and digit so dev is as balanced as test.
+FSDD_DEV_TAKES = range(45, 50)
+FSDD_SPLITS = ("train", "dev", "test", "all")
 HEADER_THREADS = 8  # header reads wait on the disk, not the CPU
 
 
@@ -242,12 +245,13 @@ def export_kaldi(utts: Iterable[Utterance], out_dir: str | Path, segments: bool 
 def import_fsdd(folder: str | Path, split: str = "train", holdout_speaker: str | None = None) -> ImportResult:
     """Import the Free Spoken Digit Dataset ``recordings/`` folder (``{digit}_{speaker}_{take}.wav``).
 
-    ``split`` is ``train``, ``test`` or ``all``. The official split puts takes 0-4 in test; with
-    ``holdout_speaker`` that speaker's files are test and everyone else's train. The transcript is
-    the digit's English word, upper case ("SEVEN").
+    ``split`` is ``train``, ``dev``, ``test`` or ``all``. The official split puts takes 0-4 in test;
+    with ``holdout_speaker`` that speaker's files are test instead. Of the rest, takes 45-49 are dev
+    and the others train, so train, dev and test never share a file. The transcript is the digit's
+    English word, upper case ("SEVEN").
     """
-    if split not in ("train", "test", "all"):
-        raise DataError(split, "split must be train, test or all")
+    if split not in FSDD_SPLITS:
+        raise DataError(split, f"split must be one of {', '.join(FSDD_SPLITS)}")
     root = Path(folder)
     if not root.is_dir():
         raise DataError(root, "FSDD recordings folder not found")
@@ -263,10 +267,16 @@ def import_fsdd(folder: str | Path, split: str = "train", holdout_speaker: str |
             result.failures.append((f.name, "name is not {digit}_{speaker}_{take}.wav"))
             continue
         digit, speaker, take = int(m.group(1)), m.group(2), int(m.group(3))
-        is_test = speaker == holdout_speaker if holdout_speaker is not None else take in FSDD_TEST_TAKES
-        if split == "all" or is_test == (split == "test"):
+        if split == "all" or _fsdd_split(speaker, take, holdout_speaker) == split:
             pending.append((f.stem, str(f.resolve()), number_to_words(digit), speaker))
     return _with_durations(pending, result)
+
+
+def _fsdd_split(speaker: str, take: int, holdout_speaker: str | None) -> str:
+    is_test = speaker == holdout_speaker if holdout_speaker is not None else take in FSDD_TEST_TAKES
+    if is_test:
+        return "test"
+    return "dev" if take in FSDD_DEV_TAKES else "train"
 
 
 def import_tsv(path: str | Path, normalize: bool = True) -> ImportResult:
@@ -326,7 +336,7 @@ class ImportConfig:
     out: str
     failures: str = ""  # "" = <out without .jsonl>.failures.tsv, written only when something failed
     subset: str = ""  # librispeech: subset folder under ``source``
-    split: str = "train"  # fsdd: train | test | all
+    split: str = "train"  # fsdd: train | dev | test | all
     holdout_speaker: str = ""  # fsdd: this speaker is the test set
     normalize: bool = True
 

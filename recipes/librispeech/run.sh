@@ -13,8 +13,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../common.sh"
 
-stage=0
-stop_stage=7
 data_dir=""
 download_dir="$here/download"
 train_set=train-clean-100
@@ -24,17 +22,16 @@ config="$here/conf/train_100h.yaml"
 vocab_size=5000
 exp_dir="$here/exp/train_100h"
 work_dir=""
-nj=2
-beam=10
-ctc_weight=0.3
-feature_source=cached
+beam=""
 parse_options "$@"
 
+[ -z "$beam" ] || decode_opts="--beam $beam"
 work_dir=${work_dir:-$exp_dir/data}
 done_dir=$exp_dir/.done
 manifests=$work_dir/manifests
+feats=$work_dir/feats
+lang=$work_dir/lang
 mkdir -p "$exp_dir"
-export PYTHONUNBUFFERED=1
 
 subset_dir() {
   # Accept both DIR/LibriSpeech/<subset> and DIR/<subset>.
@@ -52,6 +49,7 @@ stage0() {
     done
     log "using the existing corpus in $data_dir"
   else
+    # shellcheck disable=SC2046
     python "$here/local/download.py" --subsets $(all_sets) --out "$download_dir"
   fi
 }
@@ -59,44 +57,30 @@ stage0() {
 stage1() {
   for s in $(all_sets); do
     partial_ok asr manifest import librispeech "$(subset_dir "$s")" --out "$manifests/$s.raw.jsonl"
-    partial_ok asr manifest validate "$manifests/$s.raw.jsonl" --out "$manifests/$s.jsonl" --rejects "$manifests/$s.rejects.tsv"
+    validate_manifest "$manifests/$s.raw.jsonl" "$manifests/$s.jsonl"
   done
+  # shellcheck disable=SC2046
   python "$here/local/combine.py" --out "$manifests/train.jsonl" \
     $(for s in ${train_set//+/ }; do echo "$manifests/$s.jsonl"; done)
 }
 
 stage2() {
-  if [ "$feature_source" != cached ]; then log "feature_source=$feature_source: computing CMVN only"; fi
-  partial_ok asr features --manifest "$manifests/train.jsonl" --out-dir "$work_dir/feats/train" --nj "$nj" --config "$config"
-  partial_ok asr features --manifest "$manifests/$dev_set.jsonl" --out-dir "$work_dir/feats/$dev_set" --nj "$nj" --config "$config"
+  compute_features "$manifests/train.jsonl" "$feats/train" "$config"
+  compute_features "$manifests/$dev_set.jsonl" "$feats/$dev_set" "$config"
 }
 
-stage3() {
-  asr tokenizer --manifest "$manifests/train.jsonl" --out "$work_dir/lang/tokenizer" \
-    --vocab-size "$vocab_size" --model-type unigram
-}
+stage3() { asr tokenizer --manifest "$manifests/train.jsonl" --out "$lang/tokenizer" --vocab-size "$vocab_size"; }
 
 stage4() {
-  local resume=""
-  [ -d "$exp_dir/train/checkpoints" ] && resume="--resume"
-  asr train --config "$config" --train-manifest "$work_dir/feats/train/train.jsonl" \
-    --valid-manifest "$work_dir/feats/$dev_set/$dev_set.jsonl" --tokenizer "$work_dir/lang/tokenizer.model" \
-    --cmvn "$work_dir/feats/train/cmvn.json" --exp-dir "$exp_dir/train" $resume
+  train_model "$exp_dir" "$config" "$feats/train/train.jsonl" "$feats/$dev_set/$dev_set.jsonl" "$lang" "$feats/train"
 }
 
-stage5() { asr average --exp-dir "$exp_dir/train" --n 5 --mode best --out "$exp_dir/final"; }
-
 stage6() {
-  for s in $test_sets; do
-    partial_ok asr decode --model "$exp_dir/final" --manifest "$manifests/$s.jsonl" --out-dir "$exp_dir/decode/$s" \
-      --beam "$beam" --ctc-weight "$ctc_weight" --nj "$nj"
-  done
+  for s in $test_sets; do decode_set "$exp_dir/final" "$manifests/$s.jsonl" "$exp_dir/decode/$s"; done
 }
 
 stage7() {
-  for s in $test_sets; do
-    asr score --ref "$manifests/$s.jsonl" --hyp "$exp_dir/decode/$s/hyps.jsonl" --out-dir "$exp_dir/score/$s"
-  done
+  for s in $test_sets; do score_set "$manifests/$s.jsonl" "$exp_dir/decode/$s/hyps.jsonl" "$exp_dir/score/$s"; done
 }
 
 run_stage 0 "data: link or download" stage0
@@ -104,11 +88,8 @@ run_stage 1 "import manifests and validate" stage1
 run_stage 2 "log-mel features and CMVN" stage2
 run_stage 3 "train the tokenizer" stage3
 run_stage 4 "train LAS + CTC" stage4
-run_stage 5 "average the best checkpoints" stage5
+run_stage 5 "average the best checkpoints" average_model "$exp_dir"
 run_stage 6 "decode the test sets" stage6
 run_stage 7 "score" stage7
 
-if [ "$stop_stage" -ge 7 ]; then
-  asr results --exp-dir "$exp_dir" --sets $test_sets \
-    --config "$config" --out "$exp_dir/RESULTS.md"
-fi
+if reached 7; then show_results "$exp_dir" "$test_sets" "$config"; fi

@@ -13,17 +13,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../common.sh"
 
-stage=0
-stop_stage=7
-quick=false
-nj=2
 nproc=2
 config=""
 data_dir=""
 exp_dir=""
-real_speech="$here/../../../shared/data/real-speech"
-beam=10
-ctc_weight=0.3
+real_speech=$(shared_data real-speech)
 parse_options "$@"
 
 if [ "$quick" = true ]; then
@@ -32,7 +26,7 @@ if [ "$quick" = true ]; then
               --vocab 40 --word-sequences"
   vocab_size=48
   config=${config:-$here/conf/quick.yaml}
-  beam=4
+  decode_opts="--beam 4"
   nproc=1
 else
   tag=default
@@ -48,59 +42,46 @@ data_dir=${data_dir:-$here/data/$tag}
 exp_dir=${exp_dir:-$here/exp/$tag}
 done_dir=$exp_dir/.done
 manifests=$data_dir/manifests
+feats=$data_dir/feats
+lang=$data_dir/lang
 mkdir -p "$exp_dir"
-export PYTHONUNBUFFERED=1
 
 # Evaluation sets: dev and test (speakers unseen in training, of the training voices) and test-voice
 # (the flite voice rms, never heard in training: the hard set, as LibriSpeech's test-other).
 eval_sets="dev test test-voice"
 folder() { case $1 in test-voice) echo test-voice ;; *) echo "$1-clean" ;; esac; }
 
-stage0() { asr corpus synth --out "$data_dir/corpus" $synth_opts --voice-subset test-voice --seed 1 --nj "$nj"; }
+stage0() {
+  # shellcheck disable=SC2086
+  asr corpus synth --out "$data_dir/corpus" $synth_opts --voice-subset test-voice --seed 1 --nj "$nj"
+}
 
 stage1() {
   for part in train $eval_sets; do
     partial_ok asr manifest import librispeech "$data_dir/corpus/$(folder "$part")" --out "$manifests/$part.raw.jsonl"
-    partial_ok asr manifest validate "$manifests/$part.raw.jsonl" --out "$manifests/$part.jsonl" \
-      --rejects "$manifests/$part.rejects.tsv"
+    validate_manifest "$manifests/$part.raw.jsonl" "$manifests/$part.jsonl"
   done
 }
 
-stage2() {
-  for part in train $eval_sets; do
-    partial_ok asr features --manifest "$manifests/$part.jsonl" --out-dir "$data_dir/feats/$part" --nj "$nj" --config "$config"
-  done
-}
+stage2() { for part in train $eval_sets; do compute_features "$manifests/$part.jsonl" "$feats/$part" "$config"; done; }
 
-stage3() {
-  asr tokenizer --manifest "$manifests/train.jsonl" --out "$data_dir/lang/tokenizer" \
-    --vocab-size "$vocab_size" --model-type unigram
-}
+stage3() { asr tokenizer --manifest "$manifests/train.jsonl" --out "$lang/tokenizer" --vocab-size "$vocab_size"; }
 
 stage4() {
-  local resume=""
-  [ -d "$exp_dir/train/checkpoints" ] && resume="--resume"
   # Two DDP ranks of one thread each use 2 cores better than one process with two threads.
-  local launch="asr train"
-  [ "$nproc" -gt 1 ] && launch="torchrun --standalone --nproc-per-node $nproc -m asr train"
-  $launch --config "$config" --train-manifest "$data_dir/feats/train/train.jsonl" \
-    --valid-manifest "$data_dir/feats/dev/dev.jsonl" --tokenizer "$data_dir/lang/tokenizer.model" \
-    --cmvn "$data_dir/feats/train/cmvn.json" --exp-dir "$exp_dir/train" $resume
+  local launch=(asr train)
+  [ "$nproc" -gt 1 ] && launch=(torchrun --standalone --nproc-per-node "$nproc" -m asr train)
+  train_model "$exp_dir" "$config" "$feats/train/train.jsonl" "$feats/dev/dev.jsonl" "$lang" "$feats/train" \
+    "${launch[@]}"
 }
 
-stage5() { asr average --exp-dir "$exp_dir/train" --n 3 --mode best --out "$exp_dir/final"; }
-
 stage6() {
-  for part in $eval_sets; do
-    partial_ok asr decode --model "$exp_dir/final" --manifest "$manifests/$part.jsonl" \
-      --out-dir "$exp_dir/decode/$part" --beam "$beam" --ctc-weight "$ctc_weight" --nj "$nj"
-  done
+  for part in $eval_sets; do decode_set "$exp_dir/final" "$manifests/$part.jsonl" "$exp_dir/decode/$part"; done
 }
 
 stage7() {
   for part in $eval_sets; do
-    asr score --ref "$manifests/$part.jsonl" --hyp "$exp_dir/decode/$part/hyps.jsonl" \
-      --out-dir "$exp_dir/score/$part"
+    score_set "$manifests/$part.jsonl" "$exp_dir/decode/$part/hyps.jsonl" "$exp_dir/score/$part"
   done
 }
 
@@ -109,13 +90,12 @@ run_stage 1 "import manifests and validate" stage1
 run_stage 2 "log-mel features and CMVN" stage2
 run_stage 3 "train the tokenizer" stage3
 run_stage 4 "train LAS + CTC" stage4
-run_stage 5 "average the best checkpoints" stage5
-run_stage 6 "decode dev and test" stage6
+run_stage 5 "average the best checkpoints" average_model "$exp_dir"
+run_stage 6 "decode dev, test and test-voice" stage6
 run_stage 7 "score" stage7
 
-if [ "$stop_stage" -ge 7 ]; then
-  asr results --exp-dir "$exp_dir" --sets $eval_sets \
-    --config "$config" --out "$exp_dir/RESULTS.md"
+if reached 7; then
+  show_results "$exp_dir" "$eval_sets" "$config"
   clip=$(ls "$real_speech"/audio/*.flac 2>/dev/null | head -n 1 || true)
   if [ -n "$clip" ]; then
     log "transcribing one real clip (evaluation only): $clip"
