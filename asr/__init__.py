@@ -1,11 +1,13 @@
 """Listen-Attend-Spell speech recognition.
 
     >>> import asr
-    >>> model = asr.load_model("recipes/mini/exp/default/final")
-    >>> segments = model.transcribe("speech.wav")
-    >>> asr.transcribe("speech.wav", "recipes/mini/exp/default/final")  # the same in one call
+    >>> from asr.transcribe import transcribe
+    >>> rec = asr.load_model("recipes/mini/exp/default/final")
+    >>> segments = transcribe(rec, "speech.wav")
+    >>> nbest = rec.decode_batch(waves, lengths, asr.DecodeOptions(nbest=3))
 
-Names are imported on first use (module ``__getattr__``), so ``import asr`` does not load torch.
+Names are imported on first use (module ``__getattr__``), so ``import asr`` does not load torch. No
+name exported here is also the name of a submodule, so ``asr.transcribe`` is always the module.
 """
 
 from __future__ import annotations
@@ -16,22 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from asr.config import ExperimentConfig
-    from asr.decoding import DecodeOptions
+    from asr.decoding import DecodeOptions, Hypothesis
     from asr.features import FeatureConfig
-    from asr.inference import Recognizer, Segment
+    from asr.inference import Recognizer
     from asr.model import ModelConfig
-    from asr.transcribe import TranscribeConfig, VadConfig
-
-# The submodule asr.transcribe shares its name with the function below. Loading a submodule binds it
-# as a package attribute, so load it now (it needs numpy only) and let the function win, as Whisper does.
-from asr import transcribe as _transcribe_module  # noqa: E402, F401
+    from asr.transcribe import Segment, TranscribeConfig, VadConfig
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "Recognizer": "asr.inference",
-    "Segment": "asr.inference",
+    "Segment": "asr.transcribe",
     "DecodeOptions": "asr.decoding",
+    "Hypothesis": "asr.decoding",
     "TranscribeConfig": "asr.transcribe",
     "VadConfig": "asr.transcribe",
     "ExperimentConfig": "asr.config",
@@ -43,6 +42,7 @@ __all__ = [
     "DecodeOptions",
     "ExperimentConfig",
     "FeatureConfig",
+    "Hypothesis",
     "ModelConfig",
     "Recognizer",
     "Segment",
@@ -50,7 +50,6 @@ __all__ = [
     "VadConfig",
     "__version__",
     "load_model",
-    "transcribe",
 ]
 
 
@@ -59,14 +58,6 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> Recognizer:
     from asr.inference import Recognizer
 
     return Recognizer.from_dir(model_dir, device)
-
-
-def transcribe(audio: str | Path | Any, model_dir: str | Path, **kwargs: Any) -> list[Segment]:
-    """Load ``model_dir`` and transcribe ``audio`` (a path or a (samples,) array); returns Segments.
-
-    ``kwargs`` go to :meth:`asr.inference.Recognizer.transcribe` (options, config, vad, sample_rate).
-    """
-    return load_model(model_dir).transcribe(audio, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -101,18 +101,31 @@ def _run_results(args) -> int:
     return 0
 
 
+def _given(**values):
+    """The flags the user gave (argparse defaults are None, so the dataclass default applies to the rest)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _add_search_flags(p) -> None:
+    """Search flags shared by decode and transcribe; defaults live in DecodeOptions."""
+    p.add_argument("--beam", type=_positive_int, default=None,
+                   help="beam size (default 10); --beam 1 with --ctc-weight 0 and no LM is greedy search, "
+                   "otherwise a beam of 1 that still scores with CTC and the LM")
+    p.add_argument("--ctc-weight", type=_nonneg_float, default=None,
+                   help="CTC prefix score weight, 0..1 (default 0.3; 1 = pure CTC)")
+
+
 def _add_transcribe(sub) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files, folders or raw PCM on stdin ('-')")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive), or - for stdin")
     p.add_argument("--model", required=True, type=Path, help="model folder (model.pt, config.yaml, tokenizer.model)")
-    p.add_argument("--format", default="txt", help="txt|json|srt|vtt|tsv|all, or a comma list (default txt)")
+    p.add_argument("--format", default=None, help="txt|json|srt|vtt|tsv|all, or a comma list (default txt)")
     p.add_argument("--output-dir", type=Path, default=None, help="where outputs go (default: current folder; "
                    "for '-' files are written only when given)")
-    p.add_argument("--rate", type=_positive_int, default=16000, help="sample rate of s16le PCM on stdin")
-    p.add_argument("--beam", type=_positive_int, default=None, help="beam size (1 = greedy; default: DecodeOptions)")
-    p.add_argument("--ctc-weight", type=_nonneg_float, default=None, help="CTC weight in beam search")
-    p.add_argument("--max-segment", type=_nonneg_float, default=20.0, help="longest segment in seconds")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="segments decoded together")
+    p.add_argument("--rate", type=_positive_int, default=None, help="sample rate of s16le PCM on stdin (default 16000)")
+    _add_search_flags(p)
+    p.add_argument("--max-segment", type=_nonneg_float, default=None, help="longest segment in seconds (default 20)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="segments decoded together (default 8)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1: segment batches are small, and extra threads "
@@ -129,11 +142,10 @@ def _run_transcribe(args) -> int:
     from asr.transcribe import FAILURES_NAME, TranscribeConfig, transcribe_inputs
 
     torch.set_num_threads(args.threads)
-    cfg = replace(TranscribeConfig(), "transcribe flags", formats=args.format, stdin_rate=args.rate,
-                  max_segment=args.max_segment, overlap=min(1.0, args.max_segment / 4),
-                  batch_size=args.batch_size, output_dir=str(args.output_dir or "."))
-    changes = {k: v for k, v in (("beam_size", args.beam), ("ctc_weight", args.ctc_weight)) if v is not None}
-    options = replace(DecodeOptions(), "decode flags", **changes)
+    cfg = replace(TranscribeConfig(), "transcribe flags", **_given(
+        formats=args.format, stdin_rate=args.rate, max_segment=args.max_segment, batch_size=args.batch_size,
+        output_dir=None if args.output_dir is None else str(args.output_dir)))
+    options = replace(DecodeOptions(), "decode flags", **_given(beam_size=args.beam, ctc_weight=args.ctc_weight))
     result = transcribe_inputs(Recognizer.from_dir(args.model, args.device), args.inputs, options, cfg,
                                write_stdin_files=args.output_dir is not None)
     if result.failures:
@@ -176,14 +188,13 @@ def _add_decode(sub) -> None:
     p.add_argument("--model", required=True, type=Path, help="model folder (model.pt, config.yaml, tokenizer.model)")
     p.add_argument("--manifest", required=True, type=Path, help="manifest (JSON lines) to decode")
     p.add_argument("--out-dir", required=True, type=Path, help="writes hyps.jsonl, text, failures.tsv, decode.json")
-    p.add_argument("--beam", type=_positive_int, default=10, help="beam size (default 10)")
-    p.add_argument("--ctc-weight", type=_nonneg_float, default=0.3, help="CTC prefix score weight, 0..1 (1 = pure CTC)")
+    _add_search_flags(p)
     p.add_argument("--lm", type=Path, default=None, help="LM folder from `asr train-lm` for shallow fusion")
-    p.add_argument("--lm-weight", type=_nonneg_float, default=0.3, help="LM weight (used with --lm)")
-    p.add_argument("--nbest", type=_positive_int, default=1, help="hypotheses kept per utterance in hyps.jsonl")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--nj", type=_positive_int, default=1, help="parallel processes (one per GPU with cuda)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--lm-weight", type=_nonneg_float, default=None, help="LM weight (default 0.3; used with --lm)")
+    p.add_argument("--nbest", type=_positive_int, default=None, help="hypotheses kept per utterance (default 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="utterances per batch (default 16)")
+    p.add_argument("--nj", type=_positive_int, default=None, help="parallel processes (one per GPU with cuda)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     p.add_argument("-o", "--option", action="append", metavar="decode.KEY=VALUE",
                    help="any other DecodeOptions field, e.g. -o decode.length_penalty=0.5")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -192,17 +203,18 @@ def _add_decode(sub) -> None:
 
 def _run_decode(args) -> int:
     from asr.config import replace
-    from asr.decoding import DecodeOptions, DecodeRunConfig, decode_manifest
+    from asr.decode_manifest import DecodeRunConfig, decode_manifest
+    from asr.decoding import DecodeOptions
     from asr.errors import ConfigError
 
     extra = _overrides(args.option)
     if set(extra) - {"decode"}:
         raise ConfigError(args.option[0], "decode options look like decode.KEY=VALUE")
-    flags = dict(beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight if args.lm else 0.0,
-                 nbest=args.nbest)
+    flags = _given(beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, nbest=args.nbest)
     options = replace(DecodeOptions(), "decode flags", **{**flags, **extra.get("decode", {})})
-    run = replace(DecodeRunConfig(), "decode flags", batch_size=args.batch_size, nj=args.nj, device=args.device,
-                  lm_dir=str(args.lm or ""), progress=not args.no_progress)
+    run = replace(DecodeRunConfig(), "decode flags", **_given(
+        batch_size=args.batch_size, nj=args.nj, device=args.device, lm_dir=None if args.lm is None else str(args.lm),
+        progress=False if args.no_progress else None))
     result = decode_manifest(args.model, args.manifest, args.out_dir, options, run)
     print(f"decode: {result.num_decoded}/{result.num_utts} utterances -> {args.out_dir / 'hyps.jsonl'} "
           f"(RTF {result.rtf:.4f})")

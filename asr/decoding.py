@@ -1,4 +1,11 @@
-"""Search: batched greedy and beam search with joint CTC prefix scoring, LM fusion and loop guards.
+"""Search: one choice point, batched greedy and beam search with joint CTC prefix scoring, LM fusion
+and loop guards. Search only: nothing here reads audio, loads a model or writes a file.
+
+:func:`search` is the one place that picks the search from :class:`DecodeOptions`: ``beam_size == 1``
+with ``ctc_weight == 0`` and no LM in use (none given, or ``lm_weight == 0``) runs :func:`greedy_search`;
+everything else runs :func:`beam_search`, so ``beam_size=1`` with CTC or an LM is a beam of one that
+still scores with them. ``asr decode``, ``asr transcribe``, validation during training and the
+benchmark all call it.
 
 A beam search keeps ``beam_size`` live hypotheses per utterance, with batch and beam folded into one
 dimension of ``N = batch * beam`` rows so that every step is one batched call of the attention decoder,
@@ -16,7 +23,8 @@ Loop guards stop hypotheses that have lost their place in the audio: one whose t
 more than ``max_ngram_repeats`` times in a row, one whose attention peak has not moved forward for
 ``attention_stall_steps`` emitted tokens, or (if enabled) one whose attention peak jumps back more than
 ``attention_backtrack`` frames. A stopped hypothesis is finished with its repeated tail cut off; every
-firing is counted per utterance in :attr:`Hypothesis.guards`.
+firing is counted per utterance in :attr:`Hypothesis.guards`. Greedy and beam search end hypotheses
+with the same code (:func:`_stopped_rows`): EOS, the length limits and the guards.
 
 References: Watanabe et al. 2017, "Hybrid CTC/attention architecture for end-to-end speech recognition"
 (CTC prefix score); Chorowski and Jaitly 2017, "Towards better decoding and language model integration
@@ -26,24 +34,15 @@ in sequence to sequence models" (EOS threshold).
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import math
-import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from asr.config import to_dict
-from asr.io_utils import atomic_write_text
+from asr.align import ctc_greedy
 from asr.tokenizer import BLANK_ID, EOS_ID, SOS_ID
-
-log = logging.getLogger(__name__)
 
 NEG_INF = float("-inf")
 GUARD_NAMES = ("ngram_repeat", "attention_stall", "attention_backtrack", "max_len")
@@ -63,7 +62,7 @@ class DecodeOptions:
 
     beam_size: int = 10
     ctc_weight: float = 0.3
-    lm_weight: float = 0.0
+    lm_weight: float = 0.3  # LM shallow-fusion weight; used only when an LM is passed to the search
     length_penalty: float = 0.0  # alpha: final score = score / num_tokens ** alpha
     length_bonus: float = 0.0  # added for every emitted token, EOS included
     eos_threshold: float = 1.5
@@ -112,6 +111,25 @@ class Hypothesis:
     guards: dict[str, int] = field(default_factory=dict)
     stopped_by: str = "eos"
     attention: Tensor | None = None
+
+
+def uses_greedy(options: DecodeOptions, lm: Any = None) -> bool:
+    """The rule of :func:`search`: beam 1 with no CTC weight and no LM in use is greedy search."""
+    return options.beam_size == 1 and options.ctc_weight == 0 and (lm is None or options.lm_weight == 0)
+
+
+@torch.inference_mode()
+def search(model: Any, enc: Tensor, enc_lengths: Tensor, options: DecodeOptions,
+           lm: Any = None) -> list[list[Hypothesis]]:
+    """Decode encoder output with the search that ``options`` ask for (see :func:`uses_greedy`).
+
+    enc: (B, T', D) encoder output; enc_lengths: (B,). ``lm``: an LM for shallow fusion (see
+    :func:`beam_search`) or None. Returns per utterance up to ``options.nbest`` hypotheses, best first.
+    """
+    enc_lengths = enc_lengths.to(enc.device)
+    if uses_greedy(options, lm):
+        return [[h] for h in greedy_search(model, enc, enc_lengths, options)]
+    return beam_search(model, enc, enc_lengths, options, lm)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,6 +244,27 @@ def _guard_cut(history: Tensor, track: _AttentionTrack | None, peak: Tensor | No
     return cut, names
 
 
+def _stopped_rows(history: Tensor, tokens: Tensor, cut: Tensor, names: list[str | None], live: Tensor,
+                  step: int, max_len: Tensor) -> list[tuple[int, list[int], str]]:
+    """The rows that end at this step, shared by greedy and beam search.
+
+    history: (N, L) tokens including this step's ``tokens`` (N,); cut/names from :func:`_guard_cut`;
+    live: (N,) bool rows still searching; max_len: (N,). Returns ``(row, kept tokens, stopped_by)``:
+    EOS is dropped from the tokens, a guard's repeated tail is cut off, and an EOS forced by the length
+    limit reads "max_len".
+    """
+    is_eos = tokens == EOS_ID
+    stop = live & (is_eos | torch.tensor([name is not None for name in names], dtype=torch.bool))
+    out = []
+    for i in stop.nonzero().flatten().tolist():
+        keep = history.size(1) - (1 if is_eos[i] else int(cut[i]))
+        stopped = "eos" if is_eos[i] else names[i]
+        if is_eos[i] and step >= int(max_len[i]):
+            stopped = "max_len"
+        out.append((i, history[i, :keep].tolist(), stopped))
+    return out
+
+
 def final_score(raw: float, num_tokens: int, options: DecodeOptions) -> float:
     """Length-normalised ranking score; ``num_tokens`` counts the closing EOS."""
     if options.length_penalty == 0:
@@ -278,21 +317,15 @@ def greedy_search(model: Any, enc: Tensor, enc_lengths: Tensor, options: DecodeO
         score = score + best.double() + options.length_bonus
         att_sum = att_sum + best.double()
         history = torch.cat([history, token[:, None]], dim=1)
-        is_eos = token == EOS_ID
         cut, names = _guard_cut(history, track, attention.argmax(dim=1), options)
-        stop = pending & (is_eos | torch.tensor([name is not None for name in names]))
-        for i in stop.nonzero().flatten().tolist():
-            keep = history.size(1) - (1 if is_eos[i] else int(cut[i]))
-            stopped = "eos" if is_eos[i] else names[i]
-            if is_eos[i] and step >= int(max_len[i]):
-                stopped = "max_len"
+        for i, kept, stopped in _stopped_rows(history, token, cut, names, pending, step, max_len):
             guards = dict.fromkeys(GUARD_NAMES, 0)
             if stopped != "eos":
                 guards[stopped] = 1
             att = torch.stack([a[i] for a in attn_steps]) if attn_steps else None
-            results[i] = Hypothesis(history[i, :keep].tolist(), final_score(float(score[i]), keep + 1, options),
+            results[i] = Hypothesis(kept, final_score(float(score[i]), len(kept) + 1, options),
                                     log_prob=float(att_sum[i]), guards=guards, stopped_by=stopped, attention=att)
-        pending &= ~stop
+            pending[i] = False
         prev = token.to(enc.device)
         step += 1
     return [r for r in results if r is not None]
@@ -621,19 +654,14 @@ class _BeamSearch:
     def _collect(self, tokens: Tensor, cut: Tensor, names: list[str | None], step: int) -> None:
         """Move rows that emitted EOS or tripped a guard into the finished lists; mark them dead."""
         rows, options = self.rows, self.options
-        is_eos = tokens == EOS_ID
-        stop = (rows.score > NEG_INF) & (is_eos | torch.tensor([name is not None for name in names]))
-        for i in stop.nonzero().flatten().tolist():
-            keep = rows.history.size(1) - (1 if is_eos[i] else int(cut[i]))
-            stopped = "eos" if is_eos[i] else names[i]
-            if is_eos[i] and step >= int(rows.max_len[i]):
-                stopped = "max_len"
+        for i, kept, stopped in _stopped_rows(rows.history, tokens, cut, names, rows.score > NEG_INF, step,
+                                              rows.max_len):
             raw = float(rows.score[i])
             self.finished.add(int(rows.utt[i]), Hypothesis(
-                rows.history[i, :keep].tolist(), final_score(raw, keep + 1, options), log_prob=float(rows.att[i]),
+                kept, final_score(raw, len(kept) + 1, options), log_prob=float(rows.att[i]),
                 ctc_score=0.0 if self.scorer is None else float(self.scorer.prefix[i]), lm_score=float(rows.lm[i]),
                 stopped_by=stopped, attention=None if rows.attention is None else rows.attention[i]))
-        rows.score[stop] = NEG_INF
+            rows.score[i] = NEG_INF
 
     def _drop_done(self) -> None:
         """Drop the rows of utterances that cannot improve any more (see :func:`_utterances_done`)."""
@@ -662,285 +690,3 @@ def _utterances_done(score: Tensor, thresholds: list[float], num_finished: list[
     if options.length_penalty == 0 and options.length_bonus <= 0:
         return best_live <= torch.tensor(thresholds, dtype=best_live.dtype)
     return (best_live == NEG_INF) | (torch.tensor(num_finished) >= options.beam_size)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reference CTC decoders (plain Python; used by tests and for checks)
-# --------------------------------------------------------------------------------------------------
-
-
-def ctc_greedy(log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
-    """Best-path CTC decoding: argmax per frame, merge repeats, drop blanks.
-
-    log_probs: (B, T', V); lengths: (B,). Returns token ids per utterance.
-    """
-    best = log_probs.argmax(dim=-1).cpu()
-    out = []
-    for b in range(best.size(0)):
-        path = best[b, : int(lengths[b])].tolist()
-        out.append([t for i, t in enumerate(path) if t != BLANK_ID and (i == 0 or t != path[i - 1])])
-    return out
-
-
-def ctc_prefix_beam_search(log_probs: Tensor, lengths: Tensor, beam: int) -> list[list[Hypothesis]]:
-    """Time-synchronous CTC prefix beam search (Hannun et al. 2014), a slow, readable reference.
-
-    log_probs: (B, T', V); lengths: (B,). Returns per utterance the ``beam`` best labellings with
-    ``score = ctc_score = log p(labels | x)`` summed over the alignments the beam kept.
-    """
-    out = []
-    for b in range(log_probs.size(0)):
-        lp = log_probs[b, : int(lengths[b])].to(torch.float64).cpu().tolist()
-        out.append(_prefix_beam_one(lp, beam))
-    return out
-
-
-def _logadd(a: float, b: float) -> float:
-    if a == NEG_INF:
-        return b
-    if b == NEG_INF:
-        return a
-    m = max(a, b)
-    return m + math.log(math.exp(a - m) + math.exp(b - m))
-
-
-def _prefix_beam_one(lp: list[list[float]], beam: int) -> list[Hypothesis]:
-    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}  # prefix -> (blank, non-blank)
-    for frame in lp:
-        nxt: dict[tuple[int, ...], list[float]] = {}
-
-        def add(prefix, blank=NEG_INF, nonblank=NEG_INF, table=nxt):
-            cur = table.setdefault(prefix, [NEG_INF, NEG_INF])
-            cur[0] = _logadd(cur[0], blank)
-            cur[1] = _logadd(cur[1], nonblank)
-
-        for prefix, (pb, pnb) in beams.items():
-            total = _logadd(pb, pnb)
-            add(prefix, blank=total + frame[BLANK_ID])
-            if prefix:
-                add(prefix, nonblank=pnb + frame[prefix[-1]])
-            for c in range(1, len(frame)):
-                if c == EOS_ID:
-                    continue
-                if prefix and c == prefix[-1]:
-                    add(prefix + (c,), nonblank=pb + frame[c])
-                else:
-                    add(prefix + (c,), nonblank=total + frame[c])
-        ranked = sorted(nxt.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)[:beam]
-        beams = {p: (v[0], v[1]) for p, v in ranked}
-    ranked = sorted(beams.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)
-    return [Hypothesis(list(p), _logadd(*v), ctc_score=_logadd(*v)) for p, v in ranked]
-
-
-# --------------------------------------------------------------------------------------------------
-# Decoding a manifest (the `asr decode` command)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecodeRunConfig:
-    """How to run a manifest decode: batching, parallel jobs, device and an optional LM folder."""
-
-    batch_size: int = 16
-    nj: int = 1  # processes; on CUDA one per GPU, round-robin
-    device: str = "cpu"
-    lm_dir: str = ""  # empty: no LM
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.nj < 1:
-            raise ValueError("batch_size and nj must be >= 1")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
-
-
-@dataclass
-class DecodeSummary:
-    """What :func:`decode_manifest` did. ``failures``: (utterance id, reason) in manifest order."""
-
-    num_utts: int
-    num_decoded: int
-    failures: list[tuple[str, str]]
-    audio_seconds: float
-    seconds: float
-
-    @property
-    def rtf(self) -> float:
-        return self.seconds / max(self.audio_seconds, 1e-9)
-
-
-def decode_manifest(model_dir: str | Path, manifest: str | Path, out_dir: str | Path, options: DecodeOptions,
-                    run: DecodeRunConfig) -> DecodeSummary:
-    """Decode every utterance of ``manifest`` and write ``hyps.jsonl``, ``text`` and ``failures.tsv``.
-
-    Audio that cannot be read (or decoded) is skipped and listed in ``failures.tsv`` with the reason.
-    With ``run.nj > 1`` the manifest is cut into contiguous shards decoded by separate processes; the
-    outputs are merged back in manifest order. Raises AsrError subclasses for a bad model folder, LM
-    folder or manifest.
-    """
-    from asr.data.manifest import read_manifest
-
-    utts = read_manifest(manifest)
-    start = time.perf_counter()
-    if run.nj == 1 or len(utts) == 1:
-        results, failures = _decode_shard(str(model_dir), utts, options, run, run.device, 0)
-    else:
-        results, failures = _decode_parallel(str(model_dir), utts, options, run)
-    seconds = time.perf_counter() - start
-    by_id = {r["id"]: r for r in results}
-    failed = dict(failures)
-    ordered = [by_id[u.id] for u in utts if u.id in by_id]
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "hyps.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
-    atomic_write_text(out_dir / "text", "".join(f"{r['id']} {r['text']}".rstrip() + "\n" for r in ordered))
-    atomic_write_text(out_dir / "failures.tsv",
-                      "".join(f"{u.id}\t{_one_line(failed[u.id])}\n" for u in utts if u.id in failed))
-    summary = DecodeSummary(len(utts), len(ordered), [(u.id, failed[u.id]) for u in utts if u.id in failed],
-                            sum(float(r["duration"]) for r in ordered), seconds)
-    info = {"model": str(model_dir), "manifest": str(manifest), "options": to_dict(options), "run": to_dict(run),
-            "num_utts": summary.num_utts, "num_decoded": summary.num_decoded,
-            "num_failed": len(summary.failures), "audio_seconds": round(summary.audio_seconds, 3),
-            "seconds": round(seconds, 3), "rtf": round(summary.rtf, 5)}
-    atomic_write_text(out_dir / "decode.json", json.dumps(info, indent=2) + "\n")
-    return summary
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions,
-                     run: DecodeRunConfig) -> tuple[list[dict], list[tuple[str, str]]]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    nj = min(run.nj, len(utts))
-    bounds = [round(i * len(utts) / nj) for i in range(nj + 1)]
-    shards = [utts[bounds[i] : bounds[i + 1]] for i in range(nj)]
-    devices = [run.device] * nj
-    if run.device.startswith("cuda") and run.device == "cuda":
-        gpus = max(torch.cuda.device_count(), 1)
-        devices = [f"cuda:{i % gpus}" for i in range(nj)]
-    threads = max(1, (os.cpu_count() or 1) // nj)
-    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    results: list[dict] = []
-    failures: list[tuple[str, str]] = []
-    with ProcessPoolExecutor(max_workers=nj, mp_context=ctx) as pool:
-        futures = [pool.submit(_decode_shard_worker, model_dir, shard, options, run, devices[i], i, threads)
-                   for i, shard in enumerate(shards)]
-        for fut in futures:
-            res, fail, error = fut.result()
-            if error is not None:
-                raise error[0](error[1], error[2])
-            results += res
-            failures += fail
-    return results, failures
-
-
-def _decode_shard_worker(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig, device: str,
-                         position: int, threads: int):
-    """Returns (results, failures, None), or ([], [], (error class, what, reason)) for a user error."""
-    from asr.errors import AsrError
-
-    torch.set_num_threads(threads)
-    try:
-        return (*_decode_shard(model_dir, utts, options, run, device, position), None)
-    except AsrError as e:
-        # AsrError subclasses take (what, reason), which default exception pickling cannot rebuild.
-        return [], [], (type(e), e.what, e.reason)
-
-
-def _load_lm_for(run: DecodeRunConfig, tokenizer: Any, device: str) -> Any:
-    if not run.lm_dir:
-        return None
-    from asr.errors import ConfigError
-    from asr.lm import load_lm, same_vocabulary
-
-    lm, lm_tok = load_lm(run.lm_dir, map_location=device)
-    if not same_vocabulary(lm_tok, tokenizer):
-        raise ConfigError(run.lm_dir, "the LM's tokenizer differs from the ASR model's tokenizer")
-    return lm
-
-
-def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig, device: str,
-                  position: int) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Decode ``utts`` in batches of similar duration; returns (result dicts, failures)."""
-    from tqdm import tqdm
-
-    from asr.inference import Recognizer
-
-    rec = Recognizer.from_dir(model_dir, device=device)
-    lm = _load_lm_for(run, rec.tokenizer, device)
-    order = sorted(utts, key=lambda u: -u.duration)  # similar lengths together: less padding
-    results: list[dict] = []
-    failures: list[tuple[str, str]] = []
-    bar = tqdm(total=len(utts), desc=f"decode[{position}]", position=position, unit="utt",
-               disable=not run.progress, leave=False)
-    for i in range(0, len(order), run.batch_size):
-        batch = order[i : i + run.batch_size]
-        waves, ok = _load_batch(batch, rec.sample_rate, failures)
-        if ok:
-            try:
-                results += _decode_loaded(rec, ok, waves, options, lm)
-            except (RuntimeError, ValueError) as e:
-                # One bad item can break a whole batch (e.g. a clip too short for the model): retry alone.
-                results += _decode_one_by_one(rec, ok, waves, options, lm, failures, e)
-        bar.update(len(batch))
-    bar.close()
-    return results, failures
-
-
-def _load_batch(batch: list, sample_rate: int, failures: list) -> tuple[list[np.ndarray], list]:
-    from asr.audio import load_audio
-    from asr.errors import AsrError
-
-    waves, ok = [], []
-    for u in batch:
-        try:
-            duration = u.duration if u.duration > 0 else None
-            wave = load_audio(u.audio, sample_rate, u.offset, duration)
-        except (AsrError, OSError, ValueError, RuntimeError) as e:
-            log.warning("skipping %s: %s", u.id, e)
-            failures.append((u.id, str(e)))
-            continue
-        waves.append(wave)
-        ok.append(u)
-    return waves, ok
-
-
-def _decode_one_by_one(rec: Any, utts: list, waves: list, options: DecodeOptions, lm: Any, failures: list,
-                       batch_error: Exception) -> list[dict]:
-    log.warning("batch failed (%s); decoding its utterances one by one", _one_line(str(batch_error)))
-    out = []
-    for u, w in zip(utts, waves):
-        try:
-            out += _decode_loaded(rec, [u], [w], options, lm)
-        except (RuntimeError, ValueError) as e:
-            failures.append((u.id, f"decoding failed: {_one_line(str(e))}"))
-    return out
-
-
-def _decode_loaded(rec: Any, utts: list, waves: list, options: DecodeOptions, lm: Any) -> list[dict]:
-    """Encode and search one batch of loaded waveforms (each (samples,) float32)."""
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    padded = torch.zeros(len(waves), int(lengths.max()))
-    for j, w in enumerate(waves):
-        padded[j, : len(w)] = torch.from_numpy(w)
-    enc, enc_lengths = rec.encode(padded, lengths)
-    if options.beam_size == 1 and options.ctc_weight == 0 and (lm is None or options.lm_weight == 0):
-        nbests = [[h] for h in greedy_search(rec.model, enc, enc_lengths, options)]
-    else:
-        nbests = beam_search(rec.model, enc, enc_lengths, options, lm)
-    return [_result(u, len(w) / rec.sample_rate, hyps, rec.tokenizer) for u, w, hyps in zip(utts, waves, nbests)]
-
-
-def _result(utt: Any, duration: float, nbest: list[Hypothesis], tokenizer: Any) -> dict:
-    best = nbest[0]
-    return {
-        "id": utt.id, "text": tokenizer.decode(best.tokens), "tokens": best.tokens, "score": round(best.score, 4),
-        "log_prob": round(best.log_prob, 4), "ctc_score": round(best.ctc_score, 4),
-        "lm_score": round(best.lm_score, 4), "stopped_by": best.stopped_by, "guards": best.guards,
-        "duration": round(duration, 4),
-        "nbest": [{"text": tokenizer.decode(h.tokens), "tokens": h.tokens, "score": round(h.score, 4)}
-                  for h in nbest],
-    }

@@ -183,3 +183,8 @@ def normalize_librispeech(text: str) -> str:
     if "'" in text:
         text = _LOOSE_APOSTROPHE_RE.sub(" ", text)
     return " ".join(text.split())
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space: for TSV cells and logs."""
+    return " ".join(str(text).split())

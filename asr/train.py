@@ -508,40 +508,16 @@ def optimizer_step(ctx: StepContext, lr: float) -> float | None:
 # -- validation -----------------------------------------------------------------------------------
 
 
-def greedy_decode(model, feats: torch.Tensor, lengths: torch.Tensor, max_len: int = 200) -> list[list[int]]:
+def greedy_decode(model, feats: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     """Greedy attention decoding of a batch ``feats (B, T, n_mels)``; returns token ids without EOS.
 
-    Uses :func:`asr.decoding.greedy_search` when that module is available.
+    The search is :func:`asr.decoding.search` (beam 1, no CTC: greedy), as ``asr decode --beam 1
+    --ctc-weight 0`` runs it.
     """
+    from asr.decoding import DecodeOptions, search
+
     enc, enc_lengths = model.encode(feats, lengths)
-    try:
-        from asr.decoding import DecodeOptions, greedy_search
-    except ImportError:
-        return _greedy_fallback(model, enc, enc_lengths, max_len)
-    return [list(h.tokens) for h in greedy_search(model, enc, enc_lengths, DecodeOptions(beam_size=1, ctc_weight=0.0))]
-
-
-def _greedy_fallback(model, enc, enc_lengths, max_len: int) -> list[list[int]]:
-    from asr.tokenizer import EOS_ID, SOS_ID
-
-    n = enc.shape[0]
-    mask = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lengths[:, None]
-    state = model.decoder.init_state(enc, enc_lengths)
-    tokens = torch.full((n,), SOS_ID, dtype=torch.long, device=enc.device)
-    out: list[list[int]] = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)
-    for _ in range(max_len):
-        log_probs, state, _ = model.decoder.step(tokens, state, enc, mask)
-        tokens = log_probs.argmax(-1)
-        for i, t in enumerate(tokens.tolist()):
-            if not done[i]:
-                if t == EOS_ID:
-                    done[i] = True
-                else:
-                    out[i].append(t)
-        if bool(done.all()):
-            break
-    return out
+    return [list(nbest[0].tokens) for nbest in search(model, enc, enc_lengths, DecodeOptions(beam_size=1, ctc_weight=0.0))]
 
 
 @torch.no_grad()

@@ -2,14 +2,14 @@
 
 The steps, each a small piece that holds bounded state::
 
-    blocks (iter_blocks / stdin PCM) -> EnergyVad -> Segmenter -> decode_batch -> stitch -> writers
+    blocks (iter_blocks / stdin PCM) -> EnergyVad -> Segmenter -> decode_chunks -> stitch -> writers
 
 * :class:`EnergyVad` marks 10 ms frames as speech when their energy is some dB above an adaptive noise
   floor, and closes a region after ``min_silence`` of silence (short clicks are dropped).
 * :class:`Segmenter` keeps only the audio of the open region (plus the padding before it) and cuts a region
   longer than ``max_segment`` inside the longest run of CTC blanks before the limit (at its quietest
   10 ms); the next piece starts ``overlap`` seconds before the cut.
-* :func:`decode_batch` decodes a batch of pieces at once and aligns the output tokens to encoder frames
+* :func:`decode_chunks` decodes a batch of pieces at once and aligns the output tokens to encoder frames
   with CTC, which gives word times. Pieces with a very low score, or with an all-blank CTC output and an
   unsure decoder, are dropped (:func:`is_speech`), so noise that passed the VAD does not invent words;
   silence never reaches the decoder at all.
@@ -17,11 +17,15 @@ The steps, each a small piece that holds bounded state::
 * :class:`SegmentWriter` streams txt/json/srt/vtt/tsv into a temporary file and renames it when done.
 
 Nothing grows with the length of the input: the audio held is at most one block plus one segment.
+
+:func:`transcribe` runs the whole pipeline on one file or array and returns the segments;
+:func:`transcribe_inputs` is the ``asr transcribe`` command (files, folders, stdin, output files).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -31,17 +35,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from asr.errors import AsrError, AudioError, ConfigError
+from asr.text import one_line
 
 if TYPE_CHECKING:
     from asr.decoding import DecodeOptions
-    from asr.inference import Recognizer, Segment
+    from asr.inference import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,8 @@ class TranscribeConfig:
     """Segmentation, batching and output settings of long-form transcription."""
 
     max_segment: float = 20.0  # seconds; longer speech is cut where CTC predicts blanks
-    overlap: float = 1.0  # seconds the next piece of a cut region starts before the cut
+    # Seconds the next piece of a cut region starts before the cut; None: min(1 s, max_segment / 4).
+    overlap: float | None = None
     cut_search: float = 6.0  # seconds before max_segment searched for a blank run to cut at
     batch_size: int = 8  # segments decoded together
     block_seconds: float = 10.0  # audio read per block from a file
@@ -94,13 +100,32 @@ class TranscribeConfig:
     output_dir: str = "."
 
     def __post_init__(self):
-        if self.max_segment <= 2 * self.overlap or self.overlap < 0:
+        if self.max_segment <= 2 * self.overlap_seconds or self.overlap_seconds < 0:
             raise ValueError("max_segment must exceed twice the overlap, and overlap be non-negative")
         if self.batch_size < 1 or self.block_seconds <= 0 or self.stdin_block_seconds <= 0:
             raise ValueError("batch_size, block_seconds and stdin_block_seconds must be positive")
         if self.stdin_rate < 1000:
             raise ValueError(f"stdin_rate {self.stdin_rate} Hz is too low")
         parse_formats(self.formats)
+
+
+    @property
+    def overlap_seconds(self) -> float:
+        """The overlap in force: ``overlap``, or min(1 s, max_segment / 4) when it is None."""
+        return min(1.0, self.max_segment / 4) if self.overlap is None else self.overlap
+
+
+@dataclass
+class Segment:
+    """A stretch of recognised speech. Times are seconds from the start of the input."""
+
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    avg_logprob: float  # mean log-probability per output token (end of sentence included)
+    words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start, end)
+    guards: dict[str, int] = field(default_factory=dict)  # decoding guards that fired (loops, length)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -291,6 +316,32 @@ def energy_cut(window: np.ndarray, lo: int, hi: int, frame: int = 160) -> int:
     return lo + int(np.argmin((frames * frames).sum(axis=1))) * frame + frame // 2
 
 
+def blank_cut(recognizer: Recognizer, window: np.ndarray, lo: int, hi: int) -> int:
+    """Where to cut ``window`` (samples,): inside the longest CTC blank run within ``[lo, hi]``.
+
+    Ties go to the later run, keeping pieces long. Within the run the cut goes to the quietest
+    10 ms: a confident CTC head's runs are the pauses between words, and a young one that predicts
+    blank almost everywhere then still cuts in a pause rather than in the middle of the run.
+    Without a CTC head, or without any blank frame in the range, the quietest frame is used.
+    """
+    import torch
+
+    from asr.align import longest_run
+    from asr.tokenizer import BLANK_ID
+
+    if not recognizer.has_ctc:
+        return energy_cut(window, lo, hi)
+    waves = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None]
+    _, enc_lengths, ctc = recognizer.encode_with_ctc(waves, torch.tensor([len(window)]))
+    n = int(enc_lengths[0])
+    blank = (ctc[0, :n].argmax(-1) == BLANK_ID).numpy()
+    per_frame = len(window) / max(n, 1)
+    run = longest_run(blank, int(np.ceil(lo / per_frame)), int(hi / per_frame))
+    if run is None:
+        return energy_cut(window, lo, hi)
+    return energy_cut(window, int(run[0] * per_frame), int(run[1] * per_frame))
+
+
 class Segmenter:
     """Turn a stream of blocks into chunks of speech no longer than ``max_segment`` seconds.
 
@@ -304,8 +355,8 @@ class Segmenter:
         self.find_cut = find_cut
         self._pad = int(round(vad.padding * sample_rate))
         self._max = int(round(cfg.max_segment * sample_rate))
-        self._overlap = int(round(cfg.overlap * sample_rate))
-        search = min(cfg.cut_search, cfg.max_segment - 2 * cfg.overlap)
+        self._overlap = int(round(cfg.overlap_seconds * sample_rate))
+        search = min(cfg.cut_search, cfg.max_segment - 2 * cfg.overlap_seconds)
         self._search_lo = self._max - int(round(search * sample_rate))
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # stream sample of _buf[0]
@@ -402,26 +453,26 @@ class Decoded:
     keep: bool  # False: empty CTC output or too low a score (silence, noise)
 
 
-def decode_batch(
+def decode_chunks(
     recognizer: Recognizer, chunks: list[Chunk], options: DecodeOptions, cfg: TranscribeConfig
 ) -> list[Decoded]:
     """Decode chunks together; align each output to the CTC posteriors for word times."""
-    from asr.inference import ctc_greedy, word_alignment
+    from asr.align import ctc_greedy, word_alignment
 
     sr = recognizer.sample_rate
     waves, lengths = _pad([c.samples for c in chunks])
     enc, enc_lengths, ctc = recognizer.encode_with_ctc(waves, lengths)
-    hyps = recognizer.decode_encoded(enc, enc_lengths, options)
+    hyps = [nbest[0] for nbest in recognizer.decode(enc, enc_lengths, options)]
+    # Without a CTC head there is no blank evidence and no alignment: trust the decoder alone.
+    ctc_empty = [not path for path in ctc_greedy(ctc, enc_lengths)] if ctc is not None else [False] * len(chunks)
     out = []
     for i, (chunk, hyp) in enumerate(zip(chunks, hyps)):
-        # Without a CTC head there is no blank evidence and no alignment: trust the decoder alone.
         log_probs = ctc[i, : int(enc_lengths[i])].numpy() if ctc is not None else None
         start, (speech_start, speech_end) = chunk.start / sr, chunk.speech
         # A pure-CTC model has no decoder log-prob; its CTC path score stands in.
         total = hyp.log_prob if recognizer.model.decoder is not None else hyp.ctc_score
         avg = float(total) / (len(hyp.tokens) + 1)
-        ctc_empty = log_probs is not None and not ctc_greedy(log_probs)
-        keep = is_speech(hyp.tokens, avg, ctc_empty, cfg)
+        keep = is_speech(hyp.tokens, avg, ctc_empty[i], cfg)
         words = []
         if keep and cfg.word_timestamps and log_probs is not None:
             words = word_alignment(log_probs, hyp.tokens, recognizer.tokenizer, recognizer.frame_seconds, start)
@@ -453,7 +504,7 @@ class StitchState:
     """What stitching remembers of the previous chunk: where it ended and its last words."""
 
     end: float | None = None
-    tail: list[str] = dataclasses.field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
 
 
 def stitch(decoded: Decoded, state: StitchState, tokenizer) -> Segment | None:
@@ -463,8 +514,6 @@ def stitch(decoded: Decoded, state: StitchState, tokenizer) -> Segment | None:
     previous chunk decoded it with its left context. Without word times, a repeated run of words at the
     seam is dropped instead. Updates ``state`` for the next chunk.
     """
-    from asr.inference import Segment
-
     prev_end, prev_tail = state.end, state.tail
     state.end, state.tail = decoded.end, []
     if not decoded.keep:
@@ -522,7 +571,7 @@ def iter_segments(
     recorded) decodes whatever is pending after every block instead, so text appears as soon as a pause
     closes a segment. ``progress(samples)`` is called after every block.
     """
-    segmenter = Segmenter(vad, cfg, recognizer.sample_rate, recognizer.blank_cut)
+    segmenter = Segmenter(vad, cfg, recognizer.sample_rate, functools.partial(blank_cut, recognizer))
     state = StitchState()
     pending: list[Chunk] = []
     for block in blocks:
@@ -538,10 +587,50 @@ def iter_segments(
 
 
 def _decode_and_stitch(recognizer, chunks, options, cfg, state: StitchState) -> Iterator[Segment]:
-    for decoded in decode_batch(recognizer, chunks, options, cfg):
+    for decoded in decode_chunks(recognizer, chunks, options, cfg):
         segment = stitch(decoded, state, recognizer.tokenizer)
         if segment is not None:
             yield segment
+
+
+def transcribe(
+    recognizer: Recognizer,
+    audio: str | Path | np.ndarray,
+    options: DecodeOptions | None = None,
+    config: TranscribeConfig | None = None,
+    vad: VadConfig | None = None,
+    sample_rate: int | None = None,
+) -> list[Segment]:
+    """Transcribe a file (read in blocks, any length) or an array at ``sample_rate`` (default the model's).
+
+    ``audio``: a path, or samples as (samples,) or (samples, channels) float32 (channels are averaged).
+    Returns the segments in time order; silence gives an empty list.
+    """
+    from asr.decoding import DecodeOptions
+
+    config = config or TranscribeConfig()
+    if isinstance(audio, (str, Path)):
+        from asr.audio import iter_blocks
+
+        blocks = iter_blocks(audio, config.block_seconds, recognizer.sample_rate)
+    else:
+        mono = _as_mono(audio, sample_rate or recognizer.sample_rate, recognizer.sample_rate)
+        blocks = iter_array_blocks(mono, config.block_seconds, recognizer.sample_rate)
+    return list(iter_segments(recognizer, blocks, options or DecodeOptions(), config, vad or VadConfig()))
+
+
+def _as_mono(audio: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """(samples,) float32 at ``sample_rate`` from (samples,) or (samples, channels) at ``rate``."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:  # (samples, channels), as soundfile returns it
+        audio = audio.mean(axis=1)
+    if audio.ndim != 1:
+        raise ValueError(f"expected audio (samples,) or (samples, channels), got shape {audio.shape}")
+    if rate != sample_rate:
+        from asr.audio import resample
+
+        audio = resample(audio, rate, sample_rate)
+    return audio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,17 +647,13 @@ def format_timestamp(seconds: float, decimal: str = ",") -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def format_header(fmt: str) -> str:
     return {"vtt": "WEBVTT\n\n", "tsv": "start\tend\ttext\n", "json": '{"segments": [\n'}.get(fmt, "")
 
 
 def format_segment(fmt: str, index: int, seg: Segment) -> str:
     """One segment in ``fmt``; ``index`` counts from 1."""
-    text = _one_line(seg.text)
+    text = one_line(seg.text)
     if fmt == "txt":
         return text + "\n"
     if fmt == "srt":
@@ -751,7 +836,7 @@ def transcribe_inputs(
             failures.append((source, e.reason))
             print(f"asr: error: {e}", file=sys.stderr, flush=True)
     if failures:
-        lines = "".join(f"{_one_line(s)}\t{_one_line(r)}\n" for s, r in failures)
+        lines = "".join(f"{one_line(s)}\t{one_line(r)}\n" for s, r in failures)
         from asr.io_utils import atomic_write_text
 
         atomic_write_text(output_dir / FAILURES_NAME, "input\treason\n" + lines)

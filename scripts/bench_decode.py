@@ -1,12 +1,12 @@
 """Decoding speed (real-time factor, one thread): greedy and beam search against pocketsphinx.
 
     python scripts/benchmark.py decode [--model recipes/mini/exp/default/final] [--clips a.flac b.wav ...]
-                                       [--max-clips 20] [--beam 10] [--ctc-weight 0.3]
+                                       [--max-clips 20] [--beam N] [--ctc-weight W]
 
 Every clip is decoded on its own (batch 1, as pocketsphinx does) with ``torch.set_num_threads(1)``:
 
-1. greedy: log-mel + encoder + ``greedy_search``;
-2. beam: log-mel + encoder + ``beam_search`` (beam 10, CTC weight 0.3 by default);
+1. greedy: log-mel + encoder + ``asr.decoding.search`` with beam 1 and CTC weight 0 (greedy search);
+2. beam: log-mel + encoder + ``asr.decoding.search`` (DecodeOptions' beam 10, CTC weight 0.3 by default);
 3. beam, batched: all clips in batches of 8, the way ``asr decode`` runs;
 4. peer: pocketsphinx with its bundled en-us model and default config.
 
@@ -32,8 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clips", type=Path, nargs="+", default=None,
                         help="audio files (default: real-speech clips, else FSDD recordings)")
     parser.add_argument("--max-clips", type=int, default=20, help="at most this many default clips")
-    parser.add_argument("--beam", type=int, default=10)
-    parser.add_argument("--ctc-weight", type=float, default=0.3)
+    parser.add_argument("--beam", type=int, default=None, help="beam size (default: DecodeOptions)")
+    parser.add_argument("--ctc-weight", type=float, default=None, help="CTC weight (default: DecodeOptions)")
 
 
 def default_clips(max_clips: int) -> list[Path]:
@@ -62,8 +62,6 @@ def _timed(fn, *args):
 
 def decode_ours(rec, waves: list[np.ndarray], options, batch_size: int = 1) -> tuple[list[str], float]:
     """Decode waveforms in batches; returns (texts, wall seconds including features and encoder)."""
-    from asr.decoding import beam_search, greedy_search
-
     # Batches of similar length, as `asr decode` forms them, so padding does not dominate.
     order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
     texts: list[str] = [""] * len(waves)
@@ -75,13 +73,8 @@ def decode_ours(rec, waves: list[np.ndarray], options, batch_size: int = 1) -> t
         padded = torch.zeros(len(chunk), int(lengths.max()))
         for j, w in enumerate(chunk):
             padded[j, : len(w)] = torch.from_numpy(w)
-        enc, enc_lengths = rec.encode(padded, lengths)
-        if options.beam_size == 1:
-            hyps = greedy_search(rec.model, enc, enc_lengths, options)
-        else:
-            hyps = [nbest[0] for nbest in beam_search(rec.model, enc, enc_lengths, options)]
-        for j, h in zip(idx, hyps):
-            texts[j] = rec.tokenizer.decode(h.tokens)
+        for j, nbest in zip(idx, rec.decode_batch(padded, lengths, options)):
+            texts[j] = rec.tokenizer.decode(nbest[0].tokens)
     return texts, time.perf_counter() - start
 
 
@@ -112,6 +105,7 @@ def _wer(ids: list[str], texts: list[str], refs: dict[str, str]) -> float | None
 
 def run(args) -> dict:
     from asr.audio import load_audio
+    from asr.config import replace
     from asr.decoding import DecodeOptions
     from asr.inference import Recognizer
 
@@ -131,12 +125,13 @@ def run(args) -> dict:
     ids = [Path(c).name.split(".")[0] for c in clips]
     refs = references()
     greedy = DecodeOptions(beam_size=1, ctc_weight=0.0)
-    beam = DecodeOptions(beam_size=args.beam, ctc_weight=args.ctc_weight)
+    given = {k: v for k, v in (("beam_size", args.beam), ("ctc_weight", args.ctc_weight)) if v is not None}
+    beam = replace(DecodeOptions(), "bench flags", **given)
     decode_ours(rec, waves[:1], greedy)  # warm-up: first-call allocations and lazy imports
     runs = {
         "greedy": decode_ours(rec, waves, greedy),
-        f"beam{args.beam}_ctc{args.ctc_weight}": decode_ours(rec, waves, beam),
-        f"beam{args.beam}_ctc{args.ctc_weight}_batch8": decode_ours(rec, waves, beam, 8),
+        f"beam{beam.beam_size}_ctc{beam.ctc_weight}": decode_ours(rec, waves, beam),
+        f"beam{beam.beam_size}_ctc{beam.ctc_weight}_batch8": decode_ours(rec, waves, beam, 8),
         "pocketsphinx": decode_pocketsphinx(waves),
     }
     peer = runs["pocketsphinx"][1] / audio_seconds

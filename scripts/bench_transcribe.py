@@ -47,6 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--long-minutes", type=float, default=30.0)
     parser.add_argument("--corpus", type=Path, default=None, help="folder of WAV utterances (default: flite)")
     parser.add_argument("--beam", type=int, default=1, help="beam size passed to asr transcribe")
+    parser.add_argument("--ctc-weight", type=float, default=0.0,
+                        help="CTC weight passed to asr transcribe (beam 1 with 0: greedy search)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads passed to asr transcribe")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep generated audio here (default: temp)")
@@ -117,7 +119,7 @@ def _write_long_file(path: Path, pool: list[np.ndarray], seconds: float, rng) ->
 
 def _measure(args, path: Path, duration: float, out: Path) -> dict:
     cmd = [sys.executable, "-m", "asr", "transcribe", "--model", str(args.model), str(path), "--format", "json",
-           "--output-dir", str(out), "--beam", str(args.beam), "--batch-size", str(args.batch_size),
+           "--output-dir", str(out), "--beam", str(args.beam), "--ctc-weight", str(args.ctc_weight), "--batch-size", str(args.batch_size),
            "--threads", str(args.threads)]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()

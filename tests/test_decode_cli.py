@@ -103,3 +103,56 @@ def test_user_errors_are_one_line(tmp_path, manifest_with_bad_audio, capsys):
     assert "no_model: model folder not found" in capsys.readouterr().err
     assert main(["decode", "--model", "x", "--manifest", str(manifest_with_bad_audio), "--out-dir", "o",
                  "-o", "decode.beam_size=0"]) == EXIT_USER_ERROR
+
+
+@pytest.mark.parametrize("flags", [["--beam", "1"], ["--beam", "1", "--ctc-weight", "0"], ["--beam", "3",
+                                                                                           "--ctc-weight", "0.5"]])
+def test_decode_and_transcribe_give_the_same_text(tiny_model_dir, tiny_corpus, tmp_path, flags):
+    """Both commands choose the search through asr.decoding.search, so the same audio and flags give the
+    same words (each clip is one short utterance: transcribe's one segment covers the whole clip)."""
+    utts = read_manifest(tiny_corpus.manifest)[:5]
+    manifest = tmp_path / "five.jsonl"
+    write_manifest(manifest, utts)
+    assert main(["decode", "--model", str(tiny_model_dir), "--manifest", str(manifest), "--out-dir",
+                 str(tmp_path / "dec"), "--no-progress", *flags]) == 0
+    decoded = {h["id"]: h["text"] for h in _read_jsonl(tmp_path / "dec" / "hyps.jsonl")}
+    assert main(["transcribe", "--model", str(tiny_model_dir), *(u.audio for u in utts), "--output-dir",
+                 str(tmp_path / "tr"), *flags]) == 0
+    transcribed = {u.id: (tmp_path / "tr" / f"{u.id}.txt").read_text().strip() for u in utts}
+    assert transcribed == decoded
+    assert sum(text == u.text for u, text in zip(utts, decoded.values())) >= 3  # the clips were recognised
+
+
+def _corrupt_model_dirs(model_dir, root):
+    """Copies of a model folder: one whose model.pt fails its checksum, one truncated but re-checksummed."""
+    import hashlib
+    import shutil
+
+    flipped, garbage = root / "flipped", root / "truncated"
+    for d in (flipped, garbage):
+        shutil.copytree(model_dir, d)
+    data = bytearray((flipped / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (flipped / "model.pt").write_bytes(bytes(data))
+    junk = (garbage / "model.pt").read_bytes()[:4096]  # a copy cut short, with a checksum that fits it
+    (garbage / "model.pt").write_bytes(junk)
+    (garbage / "model.pt.sha256").write_text(f"{hashlib.sha256(junk).hexdigest()}  model.pt\n")
+    return {"checksum mismatch": flipped, "corrupt checkpoint": garbage}
+
+
+def test_corrupt_model_folder_is_one_line_error_in_decode_and_transcribe(tiny_model_dir, tiny_corpus, tmp_path,
+                                                                          capsys):
+    manifest = tmp_path / "one.jsonl"
+    utt = read_manifest(tiny_corpus.manifest)[0]
+    write_manifest(manifest, [utt])
+    for reason, model_dir in _corrupt_model_dirs(tiny_model_dir, tmp_path).items():
+        commands = [["decode", "--model", str(model_dir), "--manifest", str(manifest), "--out-dir",
+                     str(tmp_path / "o"), "--no-progress"],
+                    ["transcribe", "--model", str(model_dir), utt.audio, "--output-dir", str(tmp_path / "t")]]
+        for argv in commands:
+            assert main(argv) == EXIT_USER_ERROR
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1, err
+            assert err.startswith(f"asr: error: {model_dir / 'model.pt'}: ") and reason in err, err
+            assert "Traceback" not in err
+    assert not (tmp_path / "o" / "hyps.jsonl").exists() and not (tmp_path / "t").exists()

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from asr.align import ctc_greedy
 from asr.decoding import (
     CTCPrefixScorer,
     DecodeOptions,
     beam_search,
     ctc_beam_search,
-    ctc_greedy,
-    ctc_prefix_beam_search,
     greedy_search,
+    search,
+    uses_greedy,
 )
 from asr.model import LAS, ModelConfig
 from asr.tokenizer import BLANK_ID, EOS_ID
@@ -113,17 +115,24 @@ def _hand_distribution() -> tuple[torch.Tensor, torch.Tensor]:
     return p.log(), torch.tensor([2, 3])
 
 
-def test_pure_ctc_beam_search_matches_prefix_beam_search_on_hand_distribution():
+def _best_labelling(log_probs: torch.Tensor, length: int) -> tuple[list[int], float]:
+    """The most likely labelling by brute force over every label sequence that fits ``length`` frames."""
+    labels = [c for c in range(log_probs.size(-1)) if c not in (BLANK_ID, EOS_ID)]
+    seqs = [list(s) for n in range(length + 1) for s in itertools.product(labels, repeat=n)]
+    scored = [(exact_ctc_logprob(log_probs, length, s), s) for s in seqs]
+    score, best = max((x for x in scored if x[0] > -math.inf), key=lambda x: x[0])
+    return best, score
+
+
+def test_pure_ctc_beam_search_finds_the_most_likely_labelling_on_hand_distribution():
     log_probs, lengths = _hand_distribution()
     assert ctc_greedy(log_probs, lengths)[0] == []  # the trap: best path says "nothing"
-    reference = ctc_prefix_beam_search(log_probs, lengths, beam=16)
     options = DecodeOptions(beam_size=8, ctc_weight=1.0, max_len_ratio=1.0, **NO_GUARDS)
     ours = ctc_beam_search(log_probs, lengths, options)
     for b in range(2):
-        assert ours[b][0].tokens == reference[b][0].tokens
-        assert ours[b][0].score == pytest.approx(reference[b][0].score, abs=1e-5)
-        exact = exact_ctc_logprob(log_probs[b], int(lengths[b]), ours[b][0].tokens)
-        assert ours[b][0].score == pytest.approx(exact, abs=1e-5)
+        best, best_score = _best_labelling(log_probs[b], int(lengths[b]))
+        assert ours[b][0].tokens == best
+        assert ours[b][0].score == pytest.approx(best_score, abs=1e-5)
     assert ours[0][0].tokens == [3] and ours[1][0].tokens == [4, 3]
 
 
@@ -140,8 +149,7 @@ def test_beam_search_with_ctc_weight_one_uses_the_models_ctc_head():
     enc[:, :, :5] = log_probs
     options = DecodeOptions(beam_size=8, ctc_weight=1.0, **NO_GUARDS)
     ours = beam_search(model, enc, lengths, options)
-    reference = ctc_prefix_beam_search(log_probs, lengths, beam=16)
-    assert [h[0].tokens for h in ours] == [r[0].tokens for r in reference]
+    assert [h[0].tokens for h in ours] == [_best_labelling(log_probs[b], int(lengths[b]))[0] for b in range(2)]
 
 
 def test_ctc_prefix_scores_are_exact_on_random_posteriors():
@@ -232,3 +240,31 @@ def test_attention_is_kept_per_hypothesis_when_asked():
         assert float(hyp.attention[:, n:].abs().sum()) == 0.0  # nothing on padding frames
     greedy = greedy_search(model, enc, lens, options)[0]
     assert greedy.attention.shape == (len(greedy.tokens) + 1, enc.size(1))
+
+
+def test_search_is_greedy_only_for_beam_one_without_ctc_or_lm():
+    model = small_las(8)
+    enc, lens = encoded(model, [48, 30], seed=3)
+    greedy = DecodeOptions(beam_size=1, ctc_weight=0.0)
+    assert uses_greedy(greedy) and not uses_greedy(DecodeOptions(beam_size=1)) and not uses_greedy(DecodeOptions())
+    assert not uses_greedy(greedy, lm=object()) and uses_greedy(DecodeOptions(beam_size=1, ctc_weight=0.0,
+                                                                              lm_weight=0.0), lm=object())
+    assert [nb[0].tokens for nb in search(model, enc, lens, greedy)] == [h.tokens for h in
+                                                                        greedy_search(model, enc, lens, greedy)]
+    # Beam 1 with CTC is a beam search of one that scores with CTC: its scores carry a CTC part.
+    with_ctc = DecodeOptions(beam_size=1, ctc_weight=0.5)
+    ours = search(model, enc, lens, with_ctc)
+    assert [[h.tokens for h in nb] for nb in ours] == [[h.tokens for h in nb]
+                                                       for nb in beam_search(model, enc, lens, with_ctc)]
+    assert all(nb[0].ctc_score < 0 for nb in ours)
+    assert all(h.ctc_score == 0 for h in greedy_search(model, enc, lens, greedy))
+
+
+def test_nbest_comes_back_best_first_and_distinct():
+    model = small_las(9)
+    enc, lens = encoded(model, [40, 28], seed=4)
+    for nbest in search(model, enc, lens, DecodeOptions(beam_size=5, nbest=4, **NO_GUARDS)):
+        assert len(nbest) == 4
+        scores = [h.score for h in nbest]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in nbest}) == 4

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from asr.decoding import DecodeOptions, beam_search
+from asr.config import replace
+from asr.decoding import DecodeOptions, search
 from asr.errors import CheckpointError
 from asr.lm import LSTMLM, LMConfig, load_lm, perplexity, train_lm
 from asr.model import LAS, ModelConfig
@@ -90,6 +91,8 @@ def test_corrupt_lm_folder_is_refused(trained, tmp_path):
 
 
 def test_fusion_with_a_large_weight_pulls_hypotheses_towards_the_lm(trained, tokenizer):
+    """Against the same search without the LM: fusion changes the best hypothesis, raises its LM score,
+    and its score is exactly the fused sum of its parts."""
     out, _, _ = trained
     lm, _ = load_lm(out)
     torch.manual_seed(3)
@@ -99,10 +102,16 @@ def test_fusion_with_a_large_weight_pulls_hypotheses_towards_the_lm(trained, tok
     model = LAS(cfg).eval()
     with torch.no_grad():
         enc, lens = model.encode(torch.randn(2, 60, 16), torch.tensor([60, 52]))
-    plain = beam_search(model, enc, lens, DecodeOptions(beam_size=4, ctc_weight=0.3))
-    fused = beam_search(model, enc, lens, DecodeOptions(beam_size=4, ctc_weight=0.3, lm_weight=3.0), lm=lm)
+    # No guards: a guard's cut tail would leave LM terms of tokens that are not in the hypothesis.
+    options = DecodeOptions(beam_size=4, ctc_weight=0.0, lm_weight=3.0, max_ngram_repeats=0, attention_stall_steps=0)
+    plain = search(model, enc, lens, options)  # no LM given: the weight is unused
+    assert plain == search(model, enc, lens, replace(options, lm_weight=0.0), lm=lm)  # weight 0: no fusion
+    fused = search(model, enc, lens, options, lm=lm)
     for p, f in zip(plain, fused):
+        assert p[0].lm_score == 0 and f[0].lm_score < 0
         assert f[0].tokens != p[0].tokens
         lm_p, lm_f = lm.score_tokens([p[0].tokens, f[0].tokens])
         assert lm_f > lm_p
-        assert f[0].lm_score < 0
+        # Without length terms the fused score is log p_att + lm_weight * log p_lm of the hypothesis.
+        assert f[0].score == pytest.approx(f[0].log_prob + 3.0 * f[0].lm_score, abs=1e-4)
+        assert f[0].lm_score == pytest.approx(float(lm_f), abs=1e-3)

@@ -21,6 +21,7 @@ from asr.transcribe import (
     format_timestamp,
     iter_array_blocks,
     iter_pcm_blocks,
+    transcribe,
 )
 
 SR = 16000
@@ -243,7 +244,7 @@ def _wer(refs, hyp_text):
 def _greedy():
     from asr.decoding import DecodeOptions
 
-    return DecodeOptions(beam_size=1)
+    return DecodeOptions(beam_size=1, ctc_weight=0.0)
 
 
 def test_long_file_matches_per_utterance_decoding(recognizer, long_audio, tiny_corpus):
@@ -255,9 +256,9 @@ def test_long_file_matches_per_utterance_decoding(recognizer, long_audio, tiny_c
     waves = [load_audio(u.audio) for u in tiny_corpus.utts]
     per_utt = []
     for w in waves:
-        hyp = recognizer.decode_batch(torch.from_numpy(w)[None], torch.tensor([len(w)]), _greedy())[0]
+        hyp = recognizer.decode_batch(torch.from_numpy(w)[None], torch.tensor([len(w)]), _greedy())[0][0]
         per_utt.append(recognizer.tokenizer.decode(hyp.tokens))
-    segments = recognizer.transcribe(path, _greedy())
+    segments = transcribe(recognizer, path, _greedy())
     long_wer = _wer(texts, " ".join(s.text for s in segments))
     assert long_wer <= _wer(texts, " ".join(per_utt)) + 0.05
     starts, ends = [a for a, _ in spans], [b for _, b in spans]
@@ -284,7 +285,7 @@ def test_forced_max_length_split_cuts_in_pauses_and_keeps_words_once(recognizer,
     assert len(_regions(audio)) == 1
     refs = " ".join(u.text for u in utts)
     cfg = TranscribeConfig(max_segment=2.0, overlap=0.3, cut_search=1.0)
-    segments = recognizer.transcribe(audio, _greedy(), cfg)
+    segments = transcribe(recognizer, audio, _greedy(), cfg)
     assert len(segments) >= 3  # the 8-second region was cut (a piece the filter drops may be missing)
     assert all(s.end - s.start <= cfg.max_segment + 1e-6 for s in segments)
     assert all(a.end <= b.start for a, b in zip(segments, segments[1:]))  # overlaps were stitched away
@@ -294,15 +295,15 @@ def test_forced_max_length_split_cuts_in_pauses_and_keeps_words_once(recognizer,
     hyp_words = " ".join(s.text for s in segments).split()
     assert len(hyp_words) <= len(refs.split()) + 2  # the overlaps did not double words
     # Cut pieces are closer to what the model was trained on than the whole 8-second region is.
-    whole = recognizer.transcribe(audio, _greedy(), TranscribeConfig(max_segment=20.0))
+    whole = transcribe(recognizer, audio, _greedy(), TranscribeConfig(max_segment=20.0))
     assert len(whole) == 1
     assert _wer([refs], " ".join(hyp_words)) <= _wer([refs], whole[0].text)
 
 
 def test_silence_gives_empty_transcript(recognizer):
     rng = np.random.default_rng(0)
-    assert recognizer.transcribe(np.zeros(10 * SR, np.float32), _greedy()) == []
-    assert recognizer.transcribe(rng.normal(0, 1e-4, 5 * SR).astype(np.float32), _greedy()) == []
+    assert transcribe(recognizer, np.zeros(10 * SR, np.float32), _greedy()) == []
+    assert transcribe(recognizer, rng.normal(0, 1e-4, 5 * SR).astype(np.float32), _greedy()) == []
 
 
 def _parse_srt_or_vtt(text, vtt):
@@ -334,7 +335,7 @@ def test_cli_formats_parse_back(recognizer, long_audio, tiny_model_dir, tmp_path
     path = long_audio[0]
     out = tmp_path / "out"
     assert main(["transcribe", "--model", str(tiny_model_dir), str(path), "--format", "all",
-                 "--output-dir", str(out), "--beam", "1"]) == 0
+                 "--output-dir", str(out), "--beam", "1", "--ctc-weight", "0"]) == 0
     doc = json.loads((out / "long.json").read_text())
     segs = doc["segments"]
     assert segs and doc["summary"]["complete"] and doc["summary"]["segments"] == len(segs)
@@ -362,7 +363,7 @@ def test_cli_counts_bad_files_and_continues(recognizer, tiny_model_dir, tiny_cor
     (folder / "empty.flac").write_bytes(b"")
     out = tmp_path / "out"
     status = main(["transcribe", "--model", str(tiny_model_dir), str(folder), str(tmp_path / "missing.wav"),
-                   "--output-dir", str(out), "--beam", "1"])
+                   "--output-dir", str(out), "--beam", "1", "--ctc-weight", "0"])
     assert status == EXIT_PARTIAL
     err = capsys.readouterr().err
     assert "1 transcribed, 3 failed" in err
@@ -386,7 +387,7 @@ def test_cli_stdin_streams_text_as_it_arrives(recognizer, tiny_model_dir, long_a
     pcm = np.clip(np.round(audio[:stop] * 32768), -32768, 32767).astype("<i2").tobytes()  # exact: 16-bit audio
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "asr", "transcribe", "--model", str(tiny_model_dir), "-",
-                             "--beam", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             "--beam", "1", "--ctc-weight", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=REPO)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x.decode()) for x in proc.stdout], daemon=True).start()
@@ -405,7 +406,7 @@ def test_cli_stdin_streams_text_as_it_arrives(recognizer, tiny_model_dir, long_a
     while not lines.empty():
         early.append(lines.get())
     assert len(early) >= 2
-    assert [x.strip() for x in early] == [s.text for s in recognizer.transcribe(audio[:stop], _greedy())]
+    assert [x.strip() for x in early] == [s.text for s in transcribe(recognizer, audio[:stop], _greedy())]
 
 
 def test_cli_ctrl_c_keeps_what_is_finished(recognizer, tiny_model_dir, long_audio, tmp_path):
@@ -418,7 +419,7 @@ def test_cli_ctrl_c_keeps_what_is_finished(recognizer, tiny_model_dir, long_audi
     pcm = np.clip(np.round(audio[:split] * 32768), -32768, 32767).astype("<i2").tobytes()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "asr", "transcribe", "--model", str(tiny_model_dir), "-",
-                             "--beam", "1", "--format", "json,srt", "--output-dir", str(tmp_path)],
+                             "--beam", "1", "--ctc-weight", "0", "--format", "json,srt", "--output-dir", str(tmp_path)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             # A shell starts background jobs with SIGINT ignored, and the child would inherit
                             # that; a user's interactive Ctrl-C is what this test is about.
@@ -473,7 +474,7 @@ def test_long_file_memory_stays_bounded(recognizer, tiny_corpus, tmp_path):
                 f.write(minute)
         tracemalloc.start()
         try:
-            segments = recognizer.transcribe(path, _greedy())
+            segments = transcribe(recognizer, path, _greedy())
             peaks[minutes] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

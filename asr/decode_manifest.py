@@ -1,0 +1,227 @@
+"""Decoding a manifest (the ``asr decode`` command): batches, parallel jobs, outputs and failures.
+
+:func:`decode_manifest` reads a manifest, decodes it with :class:`asr.inference.Recognizer` (the search
+is :func:`asr.decoding.search`), and writes ``hyps.jsonl``, a Kaldi-style ``text``, ``failures.tsv``
+and ``decode.json``. A file that cannot be read, or an utterance that cannot be decoded, is listed in
+``failures.tsv`` and the rest of the job goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asr.config import to_dict
+from asr.decoding import DecodeOptions, Hypothesis
+from asr.inference import Recognizer
+from asr.io_utils import atomic_write_text
+from asr.text import one_line
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodeRunConfig:
+    """How to run a manifest decode: batching, parallel jobs, device and an optional LM folder."""
+
+    batch_size: int = 16
+    nj: int = 1  # processes; on CUDA one per GPU, round-robin
+    device: str = "cpu"
+    lm_dir: str = ""  # empty: no LM
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.nj < 1:
+            raise ValueError("batch_size and nj must be >= 1")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass
+class DecodeSummary:
+    """What :func:`decode_manifest` did. ``failures``: (utterance id, reason) in manifest order."""
+
+    num_utts: int
+    num_decoded: int
+    failures: list[tuple[str, str]]
+    audio_seconds: float
+    seconds: float
+
+    @property
+    def rtf(self) -> float:
+        return self.seconds / max(self.audio_seconds, 1e-9)
+
+
+def decode_manifest(model_dir: str | Path, manifest: str | Path, out_dir: str | Path, options: DecodeOptions,
+                    run: DecodeRunConfig) -> DecodeSummary:
+    """Decode every utterance of ``manifest`` and write ``hyps.jsonl``, ``text`` and ``failures.tsv``.
+
+    Audio that cannot be read (or decoded) is skipped and listed in ``failures.tsv`` with the reason.
+    With ``run.nj > 1`` the manifest is cut into contiguous shards decoded by separate processes; the
+    outputs are merged back in manifest order. Raises AsrError subclasses for a bad model folder, LM
+    folder or manifest.
+    """
+    from asr.data.manifest import read_manifest
+
+    utts = read_manifest(manifest)
+    start = time.perf_counter()
+    if run.nj == 1 or len(utts) == 1:
+        results, failures = _decode_shard(str(model_dir), utts, options, run, run.device, 0)
+    else:
+        results, failures = _decode_parallel(str(model_dir), utts, options, run)
+    seconds = time.perf_counter() - start
+    by_id = {r["id"]: r for r in results}
+    failed = dict(failures)
+    ordered = [by_id[u.id] for u in utts if u.id in by_id]
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "hyps.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+    atomic_write_text(out_dir / "text", "".join(f"{r['id']} {r['text']}".rstrip() + "\n" for r in ordered))
+    atomic_write_text(out_dir / "failures.tsv",
+                      "".join(f"{u.id}\t{one_line(failed[u.id])}\n" for u in utts if u.id in failed))
+    summary = DecodeSummary(len(utts), len(ordered), [(u.id, failed[u.id]) for u in utts if u.id in failed],
+                            sum(float(r["duration"]) for r in ordered), seconds)
+    info = {"model": str(model_dir), "manifest": str(manifest), "options": to_dict(options), "run": to_dict(run),
+            "num_utts": summary.num_utts, "num_decoded": summary.num_decoded,
+            "num_failed": len(summary.failures), "audio_seconds": round(summary.audio_seconds, 3),
+            "seconds": round(seconds, 3), "rtf": round(summary.rtf, 5)}
+    atomic_write_text(out_dir / "decode.json", json.dumps(info, indent=2) + "\n")
+    return summary
+
+
+def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions,
+                     run: DecodeRunConfig) -> tuple[list[dict], list[tuple[str, str]]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    nj = min(run.nj, len(utts))
+    bounds = [round(i * len(utts) / nj) for i in range(nj + 1)]
+    shards = [utts[bounds[i] : bounds[i + 1]] for i in range(nj)]
+    devices = [run.device] * nj
+    if run.device.startswith("cuda") and run.device == "cuda":
+        gpus = max(torch.cuda.device_count(), 1)
+        devices = [f"cuda:{i % gpus}" for i in range(nj)]
+    threads = max(1, (os.cpu_count() or 1) // nj)
+    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    results: list[dict] = []
+    failures: list[tuple[str, str]] = []
+    with ProcessPoolExecutor(max_workers=nj, mp_context=ctx) as pool:
+        futures = [pool.submit(_decode_shard_worker, model_dir, shard, options, run, devices[i], i, threads)
+                   for i, shard in enumerate(shards)]
+        for fut in futures:
+            res, fail, error = fut.result()
+            if error is not None:
+                raise error[0](error[1], error[2])
+            results += res
+            failures += fail
+    return results, failures
+
+
+def _decode_shard_worker(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig, device: str,
+                         position: int, threads: int):
+    """Returns (results, failures, None), or ([], [], (error class, what, reason)) for a user error."""
+    from asr.errors import AsrError
+
+    torch.set_num_threads(threads)
+    try:
+        return (*_decode_shard(model_dir, utts, options, run, device, position), None)
+    except AsrError as e:
+        # AsrError subclasses take (what, reason), which default exception pickling cannot rebuild.
+        return [], [], (type(e), e.what, e.reason)
+
+
+def _load_lm_for(run: DecodeRunConfig, tokenizer: Any, device: str) -> Any:
+    if not run.lm_dir:
+        return None
+    from asr.errors import ConfigError
+    from asr.lm import load_lm, same_vocabulary
+
+    lm, lm_tok = load_lm(run.lm_dir, map_location=device)
+    if not same_vocabulary(lm_tok, tokenizer):
+        raise ConfigError(run.lm_dir, "the LM's tokenizer differs from the ASR model's tokenizer")
+    return lm
+
+
+def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig, device: str,
+                  position: int) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Decode ``utts`` in batches of similar duration; returns (result dicts, failures)."""
+    from tqdm import tqdm
+
+    rec = Recognizer.from_dir(model_dir, device=device)
+    lm = _load_lm_for(run, rec.tokenizer, device)
+    order = sorted(utts, key=lambda u: -u.duration)  # similar lengths together: less padding
+    results: list[dict] = []
+    failures: list[tuple[str, str]] = []
+    bar = tqdm(total=len(utts), desc=f"decode[{position}]", position=position, unit="utt",
+               disable=not run.progress, leave=False)
+    for i in range(0, len(order), run.batch_size):
+        batch = order[i : i + run.batch_size]
+        waves, ok = _load_batch(batch, rec.sample_rate, failures)
+        if ok:
+            try:
+                results += _decode_loaded(rec, ok, waves, options, lm)
+            except (RuntimeError, ValueError) as e:
+                # One bad item can break a whole batch (e.g. a clip too short for the model): retry alone.
+                results += _decode_one_by_one(rec, ok, waves, options, lm, failures, e)
+        bar.update(len(batch))
+    bar.close()
+    return results, failures
+
+
+def _load_batch(batch: list, sample_rate: int, failures: list) -> tuple[list[np.ndarray], list]:
+    from asr.audio import load_audio
+    from asr.errors import AsrError
+
+    waves, ok = [], []
+    for u in batch:
+        try:
+            duration = u.duration if u.duration > 0 else None
+            wave = load_audio(u.audio, sample_rate, u.offset, duration)
+        except (AsrError, OSError, ValueError, RuntimeError) as e:
+            log.warning("skipping %s: %s", u.id, e)
+            failures.append((u.id, str(e)))
+            continue
+        waves.append(wave)
+        ok.append(u)
+    return waves, ok
+
+
+def _decode_one_by_one(rec: Any, utts: list, waves: list, options: DecodeOptions, lm: Any, failures: list,
+                       batch_error: Exception) -> list[dict]:
+    log.warning("batch failed (%s); decoding its utterances one by one", one_line(str(batch_error)))
+    out = []
+    for u, w in zip(utts, waves):
+        try:
+            out += _decode_loaded(rec, [u], [w], options, lm)
+        except (RuntimeError, ValueError) as e:
+            failures.append((u.id, f"decoding failed: {one_line(str(e))}"))
+    return out
+
+
+def _decode_loaded(rec: Recognizer, utts: list, waves: list, options: DecodeOptions, lm: Any) -> list[dict]:
+    """Encode and search one batch of loaded waveforms (each (samples,) float32)."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    padded = torch.zeros(len(waves), int(lengths.max()))
+    for j, w in enumerate(waves):
+        padded[j, : len(w)] = torch.from_numpy(w)
+    nbests = rec.decode_batch(padded, lengths, options, lm)
+    return [_result(u, len(w) / rec.sample_rate, hyps, rec.tokenizer) for u, w, hyps in zip(utts, waves, nbests)]
+
+
+def _result(utt: Any, duration: float, nbest: list[Hypothesis], tokenizer: Any) -> dict:
+    best = nbest[0]
+    return {
+        "id": utt.id, "text": tokenizer.decode(best.tokens), "tokens": best.tokens, "score": round(best.score, 4),
+        "log_prob": round(best.log_prob, 4), "ctc_score": round(best.ctc_score, 4),
+        "lm_score": round(best.lm_score, 4), "stopped_by": best.stopped_by, "guards": best.guards,
+        "duration": round(duration, 4),
+        "nbest": [{"text": tokenizer.decode(h.tokens), "tokens": h.tokens, "score": round(h.score, 4)}
+                  for h in nbest],
+    }
