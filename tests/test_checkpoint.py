@@ -118,7 +118,7 @@ def test_average_checkpoints(tmp_path):
 
 
 def test_rng_state_round_trip_is_weights_only(tmp_path):
-    from asr.train import rng_state, set_rng_state
+    from asr.train.rng import rng_state, set_rng_state
 
     torch.manual_seed(3)
     np.random.seed(3)

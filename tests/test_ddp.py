@@ -22,6 +22,7 @@ def test_ddp_matches_single_process(tmp_path):
         sys.path.remove(str(HERE))
     from asr.data.dataset import collate
     from asr.train import Dist
+    from asr.train.loop import train_step
 
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
@@ -36,7 +37,7 @@ def test_ddp_matches_single_process(tmp_path):
 
     cfg = ddp_helper.tiny_exp_config()
     single = ddp_helper.build(cfg, Dist())
-    stats = single.train_batch(collate(ddp_helper.global_batch(cfg.features.n_mels)), 1, sync=True)
+    stats = train_step(single, collate(ddp_helper.global_batch(cfg.features.n_mels)), 1, sync=True)
     (l0, n0), (l1, n1) = ddp["losses"]
     assert (n0, n1) == (3, 1)
     assert (n0 * l0 + n1 * l1) / (n0 + n1) == pytest.approx(stats["loss"], rel=1e-5)

@@ -10,21 +10,15 @@ import pytest
 import torch
 
 from asr import checkpoint as ckpt
+from asr.checkpoint import average_model
 from asr.config import replace
-from asr.errors import ConfigError
-from asr.train import (
-    Data,
-    Dist,
-    MetricsLog,
-    StepContext,
-    Trainer,
-    TrainingDivergedError,
-    TrainState,
-    average_model,
-    build_optimizer,
-    greedy_decode,
-    lr_at,
-)
+from asr.errors import ConfigError, TrainingDivergedError
+from asr.train import Dist, Run, TrainState, get_lr
+from asr.train.data import Data
+from asr.train.loop import apply_update, train_step
+from asr.train.metrics import MetricsLog
+from asr.train.step import StepContext, build_optimizer
+from asr.train.validate import greedy_decode
 
 
 def _greedy_wer(model_dir: Path, corpus) -> float:
@@ -76,15 +70,15 @@ def test_average_cli_last_and_errors(tiny_training, tmp_path, capsys):
 # -- numerical guards ---------------------------------------------------------------------------------
 
 
-def _trainer(tiny_config, vocab: int, tmp_path: Path, **train) -> Trainer:
+def _trainer(tiny_config, vocab: int, tmp_path: Path, **train) -> Run:
     cfg = tiny_config(**train)
     cfg = type(cfg)(cfg.features, cfg.specaug, replace(cfg.model, vocab_size=vocab, n_mels=cfg.features.n_mels),
                     cfg.train)
     torch.manual_seed(0)
     model = ckpt.build_las(cfg)
-    ctx = StepContext(model, build_optimizer(model, cfg.train), cfg.train, Dist(), None, None)
+    ctx = StepContext(model, build_optimizer(model, cfg.train), cfg.train, Dist())
     data = Data(None, None, None, None, None, [], batches_per_epoch=10)
-    return Trainer(cfg, data, ctx, TrainState(), tmp_path, MetricsLog(tmp_path, False, False, None))
+    return Run(cfg, data, ctx, TrainState(), tmp_path, MetricsLog(tmp_path, False, False, None))
 
 
 def _batch(n_mels: int, nan: bool = False):
@@ -101,33 +95,33 @@ def _batch(n_mels: int, nan: bool = False):
 def test_nonfinite_loss_skips_step_and_counts(tiny_config, tmp_path):
     tr = _trainer(tiny_config, 12, tmp_path, max_nonfinite=3)
     n_mels = tr.exp_config.features.n_mels
-    assert tr.train_batch(_batch(n_mels), 1, True) is not None
-    tr.update(0.0)
+    assert train_step(tr, _batch(n_mels), 1, True) is not None
+    apply_update(tr, 0.0)
     assert tr.state.step == 1
     before = {k: v.clone() for k, v in tr.ctx.model.state_dict().items()}
-    assert tr.train_batch(_batch(n_mels, nan=True), 1, True) is None
-    tr.update(0.0)
+    assert train_step(tr, _batch(n_mels, nan=True), 1, True) is None
+    apply_update(tr, 0.0)
     assert (tr.state.step, tr.state.nonfinite_total, tr.state.nonfinite_in_row) == (1, 1, 1)
     for k, v in tr.ctx.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     # A good step resets the run of failures; K in a row then stops training with a clear error.
-    tr.train_batch(_batch(n_mels), 1, True)
-    tr.update(0.0)
+    train_step(tr, _batch(n_mels), 1, True)
+    apply_update(tr, 0.0)
     assert (tr.state.step, tr.state.nonfinite_in_row) == (2, 0)
-    tr.train_batch(_batch(n_mels, nan=True), 1, True)
-    tr.train_batch(_batch(n_mels, nan=True), 1, True)
+    train_step(tr, _batch(n_mels, nan=True), 1, True)
+    train_step(tr, _batch(n_mels, nan=True), 1, True)
     with pytest.raises(TrainingDivergedError, match="3 non-finite"):
-        tr.train_batch(_batch(n_mels, nan=True), 1, True)
+        train_step(tr, _batch(n_mels, nan=True), 1, True)
     assert tr.state.nonfinite_total == 4
 
 
 def test_nonfinite_gradient_skips_update(tiny_config, tmp_path):
     tr = _trainer(tiny_config, 12, tmp_path)
-    tr.train_batch(_batch(tr.exp_config.features.n_mels), 1, True)
+    train_step(tr, _batch(tr.exp_config.features.n_mels), 1, True)
     param = next(tr.ctx.model.parameters())
     param.grad[0] = float("inf")
     before = param.detach().clone()
-    tr.update(0.0)
+    apply_update(tr, 0.0)
     assert tr.state.step == 0 and tr.state.nonfinite_total == 1
     assert torch.equal(param.detach(), before)
     assert all(p.grad is None for p in tr.ctx.model.parameters())
@@ -140,7 +134,7 @@ def test_lr_schedules(tiny_config):
     base = tiny_config().train
     for schedule in ("noam", "cosine", "constant"):
         cfg = replace(base, lr_schedule=schedule, lr=1e-3, warmup_steps=10, min_lr=1e-5)
-        lrs = [lr_at(cfg, s, 100) for s in range(100)]
+        lrs = [get_lr(cfg, s, 100) for s in range(100)]
         assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
         assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # linear warm-up
         assert min(lrs) >= 1e-5 - 1e-12
@@ -148,7 +142,7 @@ def test_lr_schedules(tiny_config):
             assert lrs[-1] == pytest.approx(1e-3)
         else:
             assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 5e-4
-    assert lr_at(replace(base, lr_schedule="cosine", min_lr=1e-5, warmup_steps=0), 99, 100) == pytest.approx(1e-5)
+    assert get_lr(replace(base, lr_schedule="cosine", min_lr=1e-5, warmup_steps=0), 99, 100) == pytest.approx(1e-5)
 
 
 def test_train_config_errors_name_the_key(tiny_config):
@@ -174,7 +168,7 @@ def test_plots_are_written(tiny_training, tiny_corpus, tmp_path):
     import csv
 
     from asr.data.dataset import AsrDataset
-    from asr.train import plot_attention, plot_curves
+    from asr.train.metrics import plot_attention, plot_curves
 
     result, exp_dir = tiny_training
     with open(exp_dir / "metrics.csv", newline="") as f:
