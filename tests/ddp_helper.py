@@ -26,7 +26,7 @@ def global_batch(n_mels: int):
 
 
 def build(exp_config, d):
-    """Model (seed 0, identical on all ranks), wrapped like the trainer does, and a Trainer around it."""
+    """Model (seed 0, identical on all ranks), wrapped like the trainer does, in a Run."""
     from pathlib import Path
 
     from asr import checkpoint as ckpt
