@@ -6,7 +6,7 @@ unpickling, and unpickles with ``torch.load(weights_only=True)``, so a checkpoin
 dicts, lists, tuples, numbers, strings and None. A file killed mid-write is therefore either absent, or
 present without a matching checksum (and then refused), never silently half-read.
 
-Layout of an experiment folder written by :mod:`asr.train`::
+Layout of an experiment folder written by :func:`asr.train.train`::
 
     exp/config.yaml                 resolved experiment config
     exp/tokenizer.model             copy of the tokenizer
@@ -17,7 +17,9 @@ Layout of an experiment folder written by :mod:`asr.train`::
     exp/checkpoints/ckpt-<step>.pt  full training state (model, optimizer, sampler position, RNG states)
     exp/best/model-<step>.pt        weights of the best-N validations, ranked in exp/best/best.json
     exp/final/                      model folder with the last weights
-    exp/average/                    model folder averaging the best ``average_n`` validations (optional)
+
+Averaging is done once, by ``asr average`` (:func:`average_model`), which writes a model folder from
+the best ``train.average_n`` validations (or the newest training checkpoints).
 
 A model folder holds ``model.pt`` (``{"model": state_dict, "config": {section: {key: scalar}}}``),
 ``model.pt.sha256``, ``config.yaml`` and ``tokenizer.model``; :func:`load_las` rebuilds from it alone.
@@ -27,11 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
-import os
 import pickle
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,12 @@ from typing import Any
 import torch
 
 from asr.errors import CheckpointError
-from asr.io_utils import atomic_path, atomic_write_text
+from asr.io_utils import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 CHECKSUM_SUFFIX = ".sha256"
 CKPT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
-# Test-only hook: seconds to sleep between writing the temporary file and renaming it, so a test can
-# kill the process exactly while a checkpoint is being written.
-_SLEEP_ENV = "ASR_TEST_CHECKPOINT_SLEEP"
 
 
 def checksum_path(path: str | Path) -> Path:
@@ -66,11 +64,7 @@ def save_checkpoint(path: str | Path, obj: dict[str, Any]) -> None:
     torch.save(obj, buf)
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-        delay = float(os.environ.get(_SLEEP_ENV, "0") or 0)
-        if delay > 0:
-            time.sleep(delay)
+    atomic_write_bytes(path, data)
     atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
 
 
@@ -183,6 +177,49 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
         name: (total[name] / n).to(last[name].dtype) if last[name].is_floating_point() else last[name]
         for name in last
     }
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint file and its checksum (either may be missing)."""
+    Path(path).unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+
+
+def average_model(exp_dir: str | Path, n: int | None, mode: str, out_dir: str | Path) -> Path:
+    """Write a model folder at ``out_dir`` averaging ``n`` checkpoints of the experiment ``exp_dir``.
+
+    ``n=None`` takes ``train.average_n`` of ``exp_dir/config.yaml``. ``mode="best"``: the ``n`` best
+    validations by dev loss (``exp/best``); ``mode="last"``: the ``n`` newest training checkpoints
+    (``exp/checkpoints``). Raises CheckpointError when there are none.
+    """
+    from asr.config import ExperimentConfig, load_experiment_config
+    from asr.errors import ConfigError
+    from asr.tokenizer import Tokenizer
+
+    exp_dir = Path(exp_dir)
+    if mode == "best":
+        try:
+            best = json.loads((exp_dir / "best" / "best.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise CheckpointError(exp_dir / "best" / "best.json", "no best-checkpoint list (train first)") from None
+    elif mode != "last":
+        raise ConfigError("--mode", f"must be best or last, got {mode!r}")
+    if n is None:
+        n = load_experiment_config(exp_dir / "config.yaml").train.average_n
+    if mode == "best":
+        paths = [exp_dir / "best" / e["path"] for e in sorted(best, key=lambda e: (e["loss"], e["wer"]))[:n]]
+    else:
+        paths = list_checkpoints(exp_dir / "checkpoints")[-n:]
+    if not paths:
+        raise CheckpointError(exp_dir, f"no checkpoints to average for mode '{mode}'")
+    if len(paths) < n:
+        log.warning("only %d checkpoints available; averaging those", len(paths))
+    sections = load_checkpoint(paths[-1])["config"]
+    exp_config = ExperimentConfig.from_sections(sections, where=str(paths[-1]))
+    state = average_checkpoints(paths)
+    tokenizer = Tokenizer.load(exp_dir / "tokenizer.model")
+    log.info("averaged %d checkpoints: %s", len(paths), ", ".join(p.name for p in paths))
+    return save_model_dir(out_dir, state, exp_config, tokenizer)
 
 
 def _model_state(obj: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:

@@ -45,6 +45,11 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _given(**flags) -> dict:
+    """The flags that were given (not None): the dataclass defaults apply to the rest."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def _overrides(items: list[str] | None) -> dict:
     """Turn ``section.key=value`` strings into ``{section: {key: value}}``."""
     from asr.config import parse_override
@@ -66,17 +71,19 @@ def _add_tokenizer(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer from a manifest's text")
     p.add_argument("--manifest", required=True, type=Path, nargs="+", help="manifest(s) whose text to use")
     p.add_argument("--out", required=True, type=Path, help="output model prefix, e.g. exp/tokenizer")
-    p.add_argument("--vocab-size", type=_positive_int, default=256)
-    p.add_argument("--model-type", choices=["unigram", "bpe", "char"], default="unigram")
+    p.add_argument("--vocab-size", type=_positive_int, default=None, help="pieces, with the 3 special ones (default 256)")
+    p.add_argument("--model-type", choices=["unigram", "bpe", "char"], default=None, help="default unigram")
     p.set_defaults(func=_run_tokenizer)
 
 
 def _run_tokenizer(args) -> int:
+    from asr.config import replace
     from asr.data.manifest import read_manifest
-    from asr.tokenizer import Tokenizer
+    from asr.tokenizer import Tokenizer, TokenizerConfig
 
+    cfg = replace(TokenizerConfig(), "tokenizer flags", **_given(vocab_size=args.vocab_size, model_type=args.model_type))
     texts = [u.text for m in args.manifest for u in read_manifest(m)]
-    tok = Tokenizer.train(texts, args.out, args.vocab_size, args.model_type)
+    tok = Tokenizer.train(texts, args.out, cfg.vocab_size, cfg.model_type)
     print(f"tokenizer: {tok.model_path} ({tok.vocab_size} pieces)")
     return 0
 
@@ -159,21 +166,22 @@ def _add_features(sub) -> None:
     p = sub.add_parser("features", help="compute log-mel features of a manifest into sharded arrays + CMVN")
     p.add_argument("--manifest", required=True, type=Path, help="input manifest (JSON lines)")
     p.add_argument("--out-dir", required=True, type=Path, help="writes <name>.jsonl, shards, cmvn.json, failures.tsv")
-    p.add_argument("--nj", type=_positive_int, default=2, help="worker processes")
-    p.add_argument("--shard-size", type=_positive_int, default=500, help="utterances per shard")
+    p.add_argument("--nj", type=_positive_int, default=None, help="worker processes (default 2)")
+    p.add_argument("--shard-size", type=_positive_int, default=None, help="utterances per shard (default 500)")
     p.add_argument("--config", type=Path, default=None, help="YAML whose 'features' section sets FeatureConfig")
     p.set_defaults(func=_run_features)
 
 
 def _run_features(args) -> int:
-    from asr.config import from_dict, load_yaml_sections
+    from asr.config import from_dict, load_yaml_sections, replace
     from asr.data.featstage import FAILURES_NAME, FeatStageConfig, run_feature_stage
     from asr.features import FeatureConfig
 
     sections = load_yaml_sections(args.config) if args.config else {}
     feature_cfg = from_dict(FeatureConfig, sections.get("features", {}), f"{args.config} [features]")
     result = run_feature_stage(args.manifest, args.out_dir, feature_cfg,
-                               FeatStageConfig(nj=args.nj, shard_size=args.shard_size))
+                               replace(FeatStageConfig(), "features flags",
+                                       **_given(nj=args.nj, shard_size=args.shard_size)))
     print(f"features: {result.manifest} ({result.num_utts} utterances, {result.audio_seconds:.1f} s of audio "
           f"in {result.wall_seconds:.1f} s)")
     if result.failures:
@@ -487,15 +495,16 @@ def _run_train(args) -> int:
 def _add_average(sub) -> None:
     p = sub.add_parser("average", help="average checkpoints of an experiment into a model folder")
     p.add_argument("--exp-dir", required=True, type=Path)
-    p.add_argument("--n", type=_positive_int, default=5, help="number of checkpoints to average")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="number of checkpoints to average (default: train.average_n of the experiment's config)")
     p.add_argument("--mode", choices=["best", "last"], default="best",
-                   help="best: lowest dev loss (exp/best); last: newest training checkpoints")
+                   help="best: lowest dev loss (exp/best, the default); last: newest training checkpoints")
     p.add_argument("--out", required=True, type=Path, help="output model folder, e.g. exp/final")
     p.set_defaults(func=_run_average)
 
 
 def _run_average(args) -> int:
-    from asr.train import average_model
+    from asr.checkpoint import average_model
 
     out = average_model(args.exp_dir, args.n, args.mode, args.out)
     print(f"average: wrote {out}")

@@ -17,11 +17,17 @@ import dataclasses
 import importlib
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from asr.errors import ConfigError
+
+if TYPE_CHECKING:  # the section modules import this one
+    from asr.features import FeatureConfig
+    from asr.model import ModelConfig
+    from asr.specaugment import SpecAugmentConfig
+    from asr.train.config import TrainConfig
 
 Scalar = int | float | str | bool | None
 
@@ -30,7 +36,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "features": ("asr.features", "FeatureConfig"),
     "specaug": ("asr.specaugment", "SpecAugmentConfig"),
     "model": ("asr.model", "ModelConfig"),
-    "train": ("asr.train", "TrainConfig"),
+    "train": ("asr.train.config", "TrainConfig"),
 }
 
 
@@ -145,10 +151,10 @@ def replace(obj: Any, where: str = "override", **changes: Any) -> Any:
 class ExperimentConfig:
     """All sections of an experiment: features, specaug, model and train."""
 
-    features: Any
-    specaug: Any
-    model: Any
-    train: Any
+    features: FeatureConfig
+    specaug: SpecAugmentConfig
+    model: ModelConfig
+    train: TrainConfig
 
     @classmethod
     def default(cls) -> ExperimentConfig:

@@ -54,3 +54,7 @@ class TokenizerError(AsrError):
 
 class DataError(AsrError):
     """Any other data problem a user can fix (missing Debian packages, empty corpus, ...)."""
+
+
+class TrainingDivergedError(AsrError):
+    """Training produced non-finite losses or gradients too many times in a row."""

@@ -1,16 +1,36 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename.
 
 A reader therefore sees either the old file or the complete new one, never a half-written file,
-even if the process is killed mid-write.
+even if the process is killed mid-write. The finished file gets the mode the umask implies
+(``0o666 & ~umask``, 0644 under the usual umask 022), like a file opened for writing, not the private
+0600 of :func:`tempfile.mkstemp`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+FILE_MODE = 0o666  # the kernel removes the umask's bits, as for open(path, "w")
+
+
+def create_temporary(path: str | Path) -> tuple[int, Path]:
+    """Create a new hidden ``.<name>.<random>.tmp`` beside ``path``; return ``(fd, temporary path)``.
+
+    The file is created with :data:`FILE_MODE` minus the umask, so renaming it onto ``path`` gives the
+    mode a plain ``open(path, "w")`` would.
+    """
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temporary name")
 
 
 @contextlib.contextmanager
@@ -21,9 +41,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_path = create_temporary(path)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

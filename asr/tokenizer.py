@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from asr.errors import TokenizerError
@@ -16,6 +17,14 @@ EOS_ID = SOS_ID
 IGNORE_ID = -1  # padding of target sequences; ignored by the losses
 
 BLANK_PIECE, UNK_PIECE, SOS_EOS_PIECE = "<blank>", "<unk>", "<sos/eos>"
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Settings of ``asr tokenizer`` (sentencepiece training)."""
+
+    vocab_size: int = 256  # counts the three special pieces
+    model_type: str = "unigram"  # unigram | bpe | char | word
 
 
 class Tokenizer:

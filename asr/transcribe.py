@@ -32,7 +32,6 @@ import logging
 import os
 import select
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from asr.errors import AsrError, AudioError, ConfigError
+from asr.io_utils import create_temporary
 from asr.text import one_line
 
 if TYPE_CHECKING:
@@ -683,8 +683,7 @@ class SegmentWriter:
     def __init__(self, path: str | Path, fmt: str):
         self.path, self.fmt, self.count = Path(path), fmt, 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._tmp = Path(tmp)
+        fd, self._tmp = create_temporary(self.path)  # the umask's mode, not mkstemp's 0600
         self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         self._file.write(format_header(fmt))
 

@@ -1,7 +1,7 @@
 """Run by tests/test_ddp.py under ``python -m torch.distributed.run --nproc-per-node 2``.
 
 Each rank takes an unequal share of one fixed global batch (rank 0: 3 utterances, rank 1: 1), runs
-:meth:`asr.train.Trainer.train_batch` (the trainer's DDP loss weighting and gradient all-reduce), and
+:func:`asr.train.loop.train_step` (the trainer's DDP loss weighting and gradient all-reduce), and
 rank 0 saves the averaged gradients and the per-rank losses to ``argv[1]``.
 """
 
@@ -26,26 +26,22 @@ def global_batch(n_mels: int):
 
 
 def build(exp_config, d):
-    """Model (seed 0, identical on all ranks), wrapped like the trainer does, and a Trainer around it."""
+    """Model (seed 0, identical on all ranks), wrapped like the trainer does, in a Run."""
     from pathlib import Path
 
     from asr import checkpoint as ckpt
-    from asr.train import (
-        Data,
-        MetricsLog,
-        StepContext,
-        Trainer,
-        TrainState,
-        build_optimizer,
-        wrap_ddp,
-    )
+    from asr.train import Run, TrainState
+    from asr.train.data import Data
+    from asr.train.distributed import wrap_ddp
+    from asr.train.metrics import MetricsLog
+    from asr.train.step import StepContext, build_optimizer
 
     torch.manual_seed(0)
     model = wrap_ddp(ckpt.build_las(exp_config), d)
-    ctx = StepContext(model, build_optimizer(model, exp_config.train), exp_config.train, d, None, None)
+    ctx = StepContext(model, build_optimizer(model, exp_config.train), exp_config.train, d)
     data = Data(None, None, None, None, None, [], batches_per_epoch=1)
     tmp = Path(".")
-    return Trainer(exp_config, data, ctx, TrainState(), tmp, MetricsLog(tmp, False, False, None))
+    return Run(exp_config, data, ctx, TrainState(), tmp, MetricsLog(tmp, False, False, None))
 
 
 def tiny_exp_config():
@@ -62,6 +58,7 @@ def tiny_exp_config():
 def main(out: str) -> None:
     from asr.data.dataset import collate
     from asr.train import setup_distributed
+    from asr.train.loop import train_step
 
     torch.set_num_threads(1)
     d = setup_distributed()
@@ -69,7 +66,7 @@ def main(out: str) -> None:
     trainer = build(cfg, d)
     items = global_batch(cfg.features.n_mels)
     mine = items[:3] if d.rank == 0 else items[3:]
-    stats = trainer.train_batch(collate(mine), 1, sync=True)
+    stats = train_step(trainer, collate(mine), 1, sync=True)
     losses: list = [None] * d.world_size
     dist.all_gather_object(losses, (stats["loss"], stats["utts"]))
     if d.rank == 0:

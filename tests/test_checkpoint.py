@@ -118,7 +118,7 @@ def test_average_checkpoints(tmp_path):
 
 
 def test_rng_state_round_trip_is_weights_only(tmp_path):
-    from asr.train import rng_state, set_rng_state
+    from asr.train.rng import rng_state, set_rng_state
 
     torch.manual_seed(3)
     np.random.seed(3)
@@ -148,3 +148,23 @@ def test_model_dir_round_trip(tmp_path, tiny_model_dir):
         ckpt.load_las(out)
     with pytest.raises(CheckpointError, match="not found"):
         ckpt.load_las(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_the_umask_implies(tmp_path, tiny_model_dir, umask, mode):
+    import stat
+
+    from asr.io_utils import atomic_write_text
+
+    model, tok, cfg = ckpt.load_las(tiny_model_dir)
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "plain.txt", "x\n")
+        ckpt.save_checkpoint(tmp_path / "ckpt-1.pt", _obj(1.0))
+        folder = ckpt.save_model_dir(tmp_path / "model", model, cfg, tok)
+    finally:
+        os.umask(old)
+    files = [tmp_path / "plain.txt", tmp_path / "ckpt-1.pt", tmp_path / "ckpt-1.pt.sha256", *folder.iterdir()]
+    assert len(files) == 7
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.name

@@ -1,9 +1,9 @@
 """SIGKILL `asr train` at random moments (some inside a checkpoint write), resume each time.
 
 The resumed run must end with exactly the parameters of an uninterrupted run, and no kill may leave a
-checkpoint that passes its checksum but is damaged. ``ASR_TEST_CHECKPOINT_SLEEP`` makes
-:func:`asr.checkpoint.save_checkpoint` pause between writing the temporary file and renaming it, so
-the test can kill inside that window.
+checkpoint that passes its checksum but is damaged. The child runs through tests/slow_checkpoint_helper.py,
+which makes :func:`asr.checkpoint.save_checkpoint` pause between writing the temporary file and renaming
+it, so the test can kill inside that window.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from asr.config import replace
 from asr.data.manifest import write_manifest
 from asr.train import train
 
+HELPER = Path(__file__).resolve().parent / "slow_checkpoint_helper.py"
 KILLS = 5
 MAX_STEPS = 40  # more than 5 launches (each killed 1-3 updates in, plus <= 0.1 s) can reach
 
@@ -79,17 +80,18 @@ def test_sigkill_and_resume_equals_uninterrupted(tiny_corpus, tiny_config, tmp_p
     conf.write_text(cfg.to_yaml())
     exp = tmp_path / "killed"
     folder = exp / "checkpoints"
-    cmd = [sys.executable, "-m", "asr", "train", "--config", str(conf), "--train-manifest",
+    args = ["train", "--config", str(conf), "--train-manifest",
            str(tiny_corpus.manifest), "--valid-manifest", str(dev), "--tokenizer", str(tiny_corpus.tokenizer_path),
            "--exp-dir", str(exp), "--cmvn", str(tmp_path / "ref" / "cmvn.json")]
+    cmd = [sys.executable, "-m", "asr", *args]
     rng = random.Random(0)
     kills = mid_write = 0
     while kills < KILLS:
         during_write = kills % 2 == 1
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "ASR_TEST_CHECKPOINT_SLEEP": "0.4" if during_write else "0.02"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         before = _newest_step(folder)
-        proc = subprocess.Popen(cmd + (["--resume"] if before >= 0 else []), env=env,
+        slow = [sys.executable, str(HELPER), "0.4" if during_write else "0.02", *args]
+        proc = subprocess.Popen(slow + (["--resume"] if before >= 0 else []), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # Let it run 1-3 updates, so the kills spread over the run (epoch ends, validations).
