@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, shared_data
+from conftest import REPO, shared_data, word_edit_distance
 
 pytestmark = [
     pytest.mark.slow,
@@ -56,15 +56,6 @@ def _run(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
     return r
 
 
-def _edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
-
-
 def check_results_table(stdout: str, exp: Path, refs: dict[str, Path]) -> None:
     """The table's row for each set agrees with its score files and with a WER counted here by hand."""
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(
@@ -79,7 +70,7 @@ def check_results_table(stdout: str, exp: Path, refs: dict[str, Path]) -> None:
                 for line in (exp / "decode" / name / "hyps.jsonl").read_text().splitlines() if line.strip()}
         assert int(utts) == len(refs_text) == len(hyps)
         assert int(words) == sum(len(t) for t in refs_text.values())
-        errors = sum(_edit_distance(refs_text[u], hyps.get(u, [])) for u in refs_text)
+        errors = sum(word_edit_distance(refs_text[u], hyps.get(u, [])) for u in refs_text)
         assert int(sub) + int(dels) + int(ins) == errors
         assert float(wer) == pytest.approx(100 * errors / int(words), abs=0.006)
         result = json.loads((exp / "score" / name / "results.json").read_text())
