@@ -91,6 +91,16 @@ def shared_data(name: str) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
+def word_edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Levenshtein distance between two word lists, counted here independently of jiwer."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
 def _tiny_texts(n: int, seed: int = 1) -> list[str]:
     rng = random.Random(seed)
     texts = list(WORDS)  # every word at least once on its own

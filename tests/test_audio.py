@@ -115,13 +115,18 @@ def test_offset_and_duration_read_only_the_window(tmp_path, monkeypatch):
     original = sf.SoundFile.read
 
     def spy(self, frames=-1, *args, **kwargs):
-        requested.append(frames)
-        return original(self, frames, *args, **kwargs)
+        start = self.tell()
+        out = original(self, frames, *args, **kwargs)
+        requested.append((start, frames, len(out)))
+        return out
 
     monkeypatch.setattr(sf.SoundFile, "read", spy)
     y = load_audio(path, offset=1.25, duration=0.5)
     np.testing.assert_array_equal(y, x[20000:28000])
-    assert max(requested) <= 8000  # a seek, then only the window's frames
+    # A seek to the window, then only its frames: no read of the whole file (frames=-1) or from its start.
+    assert requested and all(0 < frames <= 8000 for _, frames, _ in requested), requested
+    assert requested[0][0] == 20000 and sum(n for _, _, n in requested) == 8000, requested
+    requested.clear()
     # a window past the end is cut at the end
     np.testing.assert_array_equal(load_audio(path, offset=2.5, duration=10.0), x[40000:])
 

@@ -339,7 +339,6 @@ def test_cmvn_normalises_the_input():
 
 
 def test_specaugment_only_in_training():
-    pytest.importorskip("asr.specaugment")
     model = tiny_model(specaug_policy="LD", dropout=0.0)
     feats, lengths, _, _ = make_batch([400, 300], [1, 1], pad_value=0.0)
     with torch.no_grad():

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import word_edit_distance
+from hypothesis import given
+from hypothesis import strategies as st
 
+from asr.cli import main
 from asr.errors import ManifestError
 from asr.scoring import SUMMARY_HEADER, ScoreOptions, normalize, read_hyps, score, score_files
 
@@ -86,3 +90,38 @@ def test_kaldi_text_hypotheses_and_bad_files(tmp_path):
     bad.write_text('{"id": "a", "text": "x"}\nnot json\n')
     with pytest.raises(ManifestError, match="bad.jsonl:2"):
         read_hyps(bad)
+
+
+def _write(tmp_path, refs: dict[str, str], hyps: dict[str, str]):
+    manifest, hyp_path = tmp_path / "ref.jsonl", tmp_path / "hyps.jsonl"
+    manifest.write_text("".join(json.dumps({"id": i, "audio": f"{i}.wav", "duration": 1.0, "text": t,
+                                            "speaker": SPEAKERS.get(i, "")}) + "\n" for i, t in refs.items()))
+    hyp_path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in hyps.items()))
+    return manifest, hyp_path
+
+
+def test_cli_score_reports_the_hand_counted_wer(tmp_path, capsys):
+    # By hand: u1 2 substitutions, u2 none after normalisation, u3 4 deletions: 6 errors in 12 words.
+    manifest, hyps = _write(tmp_path, REFS, HYPS)
+    assert main(["score", "--ref", str(manifest), "--hyp", str(hyps), "--out-dir", str(tmp_path / "s"),
+                 "--name", "dev"]) == 0
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert (results["wer"], results["num_words"], results["num_utts"]) == (0.5, 12, 3)
+    assert (results["substitutions"], results["deletions"], results["insertions"]) == (2, 4, 0)
+    assert (tmp_path / "s" / "summary.md").read_text().startswith("| dev | 3 | 12 | 50.00 |")
+
+
+WORD = st.sampled_from(["A", "B", "C", "D"])
+
+
+@given(st.lists(st.tuples(st.lists(WORD, min_size=1, max_size=8), st.lists(WORD, max_size=8)), min_size=1,
+                max_size=5))
+def test_wer_equals_an_independent_edit_distance(pairs):
+    refs = {f"u{i}": " ".join(r) for i, (r, _) in enumerate(pairs)}
+    hyps = {f"u{i}": " ".join(h) for i, (_, h) in enumerate(pairs)}
+    r = score(refs, hyps)
+    errors = sum(word_edit_distance(ref, hyp) for ref, hyp in pairs)
+    assert r.substitutions + r.deletions + r.insertions == errors
+    assert r.num_words == sum(len(ref) for ref, _ in pairs)
+    assert r.wer == pytest.approx(errors / r.num_words)
+    assert all(u.hits + u.substitutions + u.deletions == len(ref) for u, (ref, _) in zip(r.utterances, pairs))

@@ -25,7 +25,9 @@ splits="official holdout"
 speed_perturb=""
 parse_options "$@"
 
-if [ "$quick" = true ]; then config="$here/conf/quick.yaml"; holdout_config=$config; exp_dir="$exp_dir-quick"; fi
+if [ "$quick" = true ]; then
+  config="$here/conf/quick.yaml"; holdout_config=$config; exp_dir="$exp_dir-quick"; decode_opts="--beam 4"
+fi
 config_of() { if [ "$1" = holdout ]; then echo "$holdout_config"; else echo "$config"; fi; }
 data_dir=$exp_dir/data
 done_dir=$exp_dir/.done
