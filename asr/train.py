@@ -4,7 +4,9 @@
 bucketed batches, too-long utterances filtered and reported), the model (vocabulary from the tokenizer,
 CMVN from ``cmvn.json`` or computed), Adam with linear warm-up then decay, and runs:
 
-* gradient accumulation and clipping; mixed precision on CUDA (bf16, or fp16 with a GradScaler);
+* gradient accumulation and clipping; mixed precision (``train.amp``): bf16 autocast on CUDA and on CPUs
+  with bf16 units (AVX-512 bf16, AMX), or fp16 with a GradScaler on CUDA; weights, optimiser and losses
+  stay fp32;
 * numerical guards: a non-finite loss or gradient skips the update (counted and logged), and
   ``max_nonfinite`` of them in a row stop training with :class:`TrainingDivergedError`; on CUDA a batch
   that runs out of memory is retried in halves, or skipped when a single utterance does not fit;
@@ -48,7 +50,7 @@ from asr.io_utils import atomic_write_text
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("noam", "cosine", "constant")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "auto", "bf16", "fp16")
 SOURCES = ("audio", "cached")
 METRIC_FIELDS = ["step", "epoch", "split", "loss", "att_loss", "ctc_loss", "acc", "wer", "lr", "seconds"]
 
@@ -68,7 +70,9 @@ class TrainConfig:
     num_buckets: int = 10
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     accum_grad: int = 1
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored on CPU)
+    # none | bf16 (CUDA, or a CPU with avx512_bf16/amx_bf16; elsewhere one warning, fp32) | fp16 (CUDA)
+    # | auto (bf16 where it runs natively, else fp32)
+    amp: str = "none"
     weight_decay: float = 0.0
     adam_beta2: float = 0.98
     valid_every_steps: int = 0  # also validate every K updates; 0 = at epoch ends only
@@ -782,14 +786,12 @@ def _resolve_config(exp_config, tokenizer):
 
 
 def _amp(cfg: TrainConfig, d: Dist) -> tuple[torch.dtype | None, Any]:
-    if cfg.amp == "none":
-        return None, None
-    if d.device.type != "cuda":
-        log.info("amp=%s ignored: mixed precision is used on CUDA only", cfg.amp)
-        return None, None
-    if cfg.amp == "bf16":
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
+    from asr.ops import amp_dtype
+
+    dtype = amp_dtype(cfg.amp, d.device)
+    if dtype is not None:
+        log.info("mixed precision: %s autocast on %s", dtype, d.device.type)
+    return dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
 
 def _rng_neutral_iter(loader):
