@@ -82,27 +82,36 @@ def bf16_supported(device: torch.device | str = "cpu") -> bool:
 def amp_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for a precision setting, or None for fp32.
 
-    mode: "none" (fp32), "bf16", "fp16" (CUDA only), or "auto" (bf16 where the device runs it natively,
-    else fp32, silently). "bf16" on a CPU without bf16 units, or "fp16" on CPU, logs one warning and
-    gives fp32: the emulated form is slower than fp32.
+    mode: "none" or "fp32", "bf16", "fp16" (CUDA only), or "auto" (bf16 where the device runs it
+    natively, else fp32, silently). "bf16" on a CPU without bf16 units, or "fp16" on CPU, gives fp32
+    and logs one warning per process: the emulated form is slower than fp32.
     """
     device = torch.device(device)
-    if mode == "none":
+    if mode in ("none", "fp32"):
         return None
     if mode == "auto":
         return torch.bfloat16 if bf16_supported(device) else None
     if mode == "bf16":
         if bf16_supported(device):
             return torch.bfloat16
-        log.warning("bf16 requested but %s has no native bf16 support (avx512_bf16/amx_bf16 on CPU): "
-                    "running in fp32", device.type)
+        _warn_once(f"bf16 requested but {device.type} has no native bf16 support (avx512_bf16/amx_bf16 "
+                   "on CPU): running in fp32")
         return None
     if mode == "fp16":
         if device.type == "cuda":
             return torch.float16
-        log.warning("fp16 is used on CUDA only: running in fp32 on %s", device.type)
+        _warn_once(f"fp16 is used on CUDA only: running in fp32 on {device.type}")
         return None
-    raise ValueError(f"unknown precision {mode!r}: expected none, auto, bf16 or fp16")
+    raise ValueError(f"unknown precision {mode!r}: expected none (fp32), auto, bf16 or fp16")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 def autocast(dtype: torch.dtype | None, device: torch.device | str = "cpu"):
