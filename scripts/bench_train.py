@@ -62,6 +62,7 @@ def add_arguments(parser) -> None:
                         help="default: the configuration's")
     parser.add_argument("--specaug-policy", default=None, help="default: the configuration's")
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda: use --processes 1)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -178,14 +179,23 @@ def make_batch(args, gen: torch.Generator, n_mels: int, vocab: int, duration: fl
     return feats, frames, targets, tokens
 
 
-def matmul_peak(size: int, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(size: int, dtype: torch.dtype = torch.float32, repeats: int = 5, device="cpu") -> float:
     """Best FLOP/s of torch.mm on (size, size) matrices of ``dtype``."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    device = torch.device(device)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         torch.mm(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2.0 * size**3 / best
 
@@ -196,27 +206,33 @@ def measure(args, name: str, dtypes: Sequence[str], rank: int = 0, barrier=None,
     torch.manual_seed(args.seed + rank)
     gen = torch.Generator().manual_seed(args.seed + rank)
     cfg, duration = model_config(name, args)
-    base = LAS(cfg).train()
+    device = torch.device(args.device)
+    base = LAS(cfg).to(device).train()
     models = {dt: copy.deepcopy(base) for dt in dtypes}
     opts = {dt: torch.optim.Adam(m.parameters(), lr=1e-4) for dt, m in models.items()}
     batches = [make_batch(args, gen, cfg.n_mels, cfg.vocab_size, duration) for _ in range(args.steps + 1)]
+    batches = [(f.to(device), n, t.to(device), k) for f, n, t, k in batches]
 
     def train_step(dt: str, batch) -> float:
         feats, frames, targets, tokens = batch
+        _sync(device)
         t0 = time.perf_counter()
-        with ops.autocast(DTYPES[dt]):
+        with ops.autocast(DTYPES[dt], device):
             out = models[dt](feats, frames, targets, tokens)
         opts[dt].zero_grad(set_to_none=True)
         out.loss.backward()
         opts[dt].step()
+        _sync(device)
         return time.perf_counter() - t0
 
     def listener_step(dt: str, batch) -> float:
         feats, frames, _, _ = batch
+        _sync(device)
         t0 = time.perf_counter()
-        with ops.autocast(DTYPES[dt]):
-            enc, _ = models[dt].listener(feats, frames)
+        with ops.autocast(DTYPES[dt], device):
+            enc, _ = models[dt].listener(feats, frames.to(device))
         enc.float().sum().backward()
+        _sync(device)
         return time.perf_counter() - t0
 
     def sync() -> None:
@@ -226,7 +242,7 @@ def measure(args, name: str, dtypes: Sequence[str], rank: int = 0, barrier=None,
     for dt in dtypes:
         train_step(dt, batches[0])
     sync()
-    peaks = {dt: matmul_peak(args.matmul_size, DTYPES[dt] or torch.float32) for dt in dtypes}
+    peaks = {dt: matmul_peak(args.matmul_size, DTYPES[dt] or torch.float32, device=device) for dt in dtypes}
     sync()
     out = {dt: dict(audio=0.0, flops=0.0, elapsed=0.0, utts=0, listener_flops=0.0, listener_elapsed=0.0)
            for dt in dtypes}
@@ -248,7 +264,7 @@ def measure(args, name: str, dtypes: Sequence[str], rank: int = 0, barrier=None,
     sync()
     # Other work on the machine changes the peak; take the best of two measurements around the run.
     for dt in dtypes:
-        out[dt]["peak"] = max(peaks[dt], matmul_peak(args.matmul_size, DTYPES[dt] or torch.float32))
+        out[dt]["peak"] = max(peaks[dt], matmul_peak(args.matmul_size, DTYPES[dt] or torch.float32, device=device))
     result = dict(per_dtype=out, parameters=sum(p.numel() for p in base.parameters()))
     if results is not None:
         results.put(result)
@@ -306,8 +322,8 @@ def run(args) -> dict:
     unknown = set(dtypes) - set(DTYPES)
     if unknown:
         raise SystemExit(f"bench train: unknown dtype(s) {sorted(unknown)}: expected fp32, bf16")
-    if "bf16" in dtypes and not ops.bf16_supported("cpu"):
-        print("train: this CPU has no native bf16 (avx512_bf16/amx_bf16): measuring fp32 only")
+    if "bf16" in dtypes and not ops.bf16_supported(args.device):
+        print(f"train: {args.device} has no native bf16 (on CPU: avx512_bf16/amx_bf16): measuring fp32 only")
         dtypes = [d for d in dtypes if d != "bf16"]
     rows = []
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
