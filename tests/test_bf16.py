@@ -157,10 +157,10 @@ def test_bf16_inference_option_decodes_like_fp32(tiny_model_dir, tiny_corpus):
     lengths = torch.tensor([len(w) for w in waves])
     batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
     options = DecodeOptions(beam_size=3, ctc_weight=0.3)
-    fp32 = rec.decode_batch(batch, lengths, options)
+    fp32 = [nbest[0] for nbest in rec.decode_batch(batch, lengths, options)]
     recorder = _MatmulDtypes()
     with recorder:
-        bf16 = rec.decode_batch(batch, lengths, replace(options, "options", dtype="bf16"))
+        bf16 = [nbest[0] for nbest in rec.decode_batch(batch, lengths, replace(options, "options", dtype="bf16"))]
     assert recorder.seen and all(dt == torch.bfloat16 for _, dt in recorder.seen), set(recorder.seen)
     same = sum(a.tokens == b.tokens for a, b in zip(fp32, bf16, strict=True))
     assert same >= len(utts) - 1, [(a.tokens, b.tokens) for a, b in zip(fp32, bf16, strict=True)]
