@@ -134,6 +134,8 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--max-segment", type=_nonneg_float, default=None, help="longest segment in seconds (default 20)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="segments decoded together (default 8)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "auto"], default=None,
+                   help="inference precision (default: DecodeOptions, fp32); bf16 needs CPU bf16 units or CUDA")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1: segment batches are small, and extra threads "
                    "spin against each other on a busy machine)")
@@ -152,7 +154,8 @@ def _run_transcribe(args) -> int:
     cfg = replace(TranscribeConfig(), "transcribe flags", **_given(
         formats=args.format, stdin_rate=args.rate, max_segment=args.max_segment, batch_size=args.batch_size,
         output_dir=None if args.output_dir is None else str(args.output_dir)))
-    options = replace(DecodeOptions(), "decode flags", **_given(beam_size=args.beam, ctc_weight=args.ctc_weight))
+    options = replace(DecodeOptions(), "decode flags", **_given(beam_size=args.beam, ctc_weight=args.ctc_weight,
+                                                                dtype=args.dtype))
     result = transcribe_inputs(Recognizer.from_dir(args.model, args.device), args.inputs, options, cfg,
                                write_stdin_files=args.output_dir is not None)
     if result.failures:
@@ -203,6 +206,8 @@ def _add_decode(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="utterances per batch (default 16)")
     p.add_argument("--nj", type=_positive_int, default=None, help="parallel processes (one per GPU with cuda)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "auto"], default=None,
+                   help="inference precision (default: DecodeOptions, fp32); bf16 needs CPU bf16 units or CUDA")
     p.add_argument("-o", "--option", action="append", metavar="decode.KEY=VALUE",
                    help="any other DecodeOptions field, e.g. -o decode.length_penalty=0.5")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -218,7 +223,8 @@ def _run_decode(args) -> int:
     extra = _overrides(args.option)
     if set(extra) - {"decode"}:
         raise ConfigError(args.option[0], "decode options look like decode.KEY=VALUE")
-    flags = _given(beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, nbest=args.nbest)
+    flags = _given(beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, nbest=args.nbest,
+                   dtype=args.dtype)
     options = replace(DecodeOptions(), "decode flags", **{**flags, **extra.get("decode", {})})
     run = replace(DecodeRunConfig(), "decode flags", **_given(
         batch_size=args.batch_size, nj=args.nj, device=args.device, lm_dir=None if args.lm is None else str(args.lm),

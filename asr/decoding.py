@@ -75,6 +75,9 @@ class DecodeOptions:
     attention_stall_steps: int = 8  # stop after this many tokens with no forward attention move
     attention_backtrack: int = 0  # stop when the attention peak jumps back more frames than this
     keep_attention: bool = False  # return each hypothesis' attention weights (steps, T')
+    # fp32 | bf16 | auto: bf16 autocast of the encoder and the search (products in bf16, scores in fp32)
+    # where the device runs bf16 natively (CUDA, or a CPU with avx512_bf16/amx_bf16); auto = bf16 there.
+    dtype: str = "fp32"
 
     def __post_init__(self):
         if self.beam_size < 1 or self.nbest < 1:
@@ -89,6 +92,8 @@ class DecodeOptions:
             raise ValueError("need 0 <= min_len_ratio <= max_len_ratio and max_len_ratio > 0")
         if self.pre_beam_ratio < 1.0:
             raise ValueError("pre_beam_ratio must be >= 1")
+        if self.dtype not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"dtype must be fp32, bf16 or auto, got {self.dtype!r}")
         if min(self.max_ngram_repeats, self.ngram_size, self.attention_stall_steps, self.attention_backtrack) < 0:
             raise ValueError("guard settings must be >= 0 (0 disables)")
 

@@ -100,5 +100,12 @@ class Recognizer:
         ``lengths`` (batch,) gives the valid samples or frames of each row. Returns per row up to
         ``options.nbest`` hypotheses, best first, in input order.
         """
-        enc, enc_lengths = self.encode(inputs, lengths)
-        return self.decode(enc, enc_lengths, options, lm)
+        with self.precision(options or DecodeOptions()):
+            enc, enc_lengths = self.encode(inputs, lengths)
+            return self.decode(enc, enc_lengths, options, lm)
+
+    def precision(self, options: DecodeOptions):
+        """The autocast context of ``options.dtype`` on this device (fp32: a disabled one)."""
+        from asr.ops import amp_dtype, autocast
+
+        return autocast(amp_dtype(options.dtype, self.device), self.device)

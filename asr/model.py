@@ -21,16 +21,19 @@ utterance by :meth:`Speller.init_state` and reordered with the rest.
 
 Speed (training on CPU is what limits the recipes): the BLSTMs run on the plain padded layout, where
 PyTorch's fused oneDNN kernels apply (:class:`BLSTM`); the decoder loop computes the embedding side of
-the first cell for all steps in one product, applies the output projection and the losses once after
-the loop, and forms the gradients of the per-step shared operands (recurrent weights, query
-projection, encoder output in the context product) once per sequence (:class:`SharedOperand`).
+the first cell for all steps in one product and applies the output projection and the losses once after
+the loop. The rewritten operations that make a step cheap (sigmoid attention scores, the folded location
+matrix, once-per-sequence gradients of shared operands, the decoding weight cache) live in
+:mod:`asr.ops`, each beside its plain reference form.
+
+Under ``torch.autocast`` (CPU bf16 on AVX-512-bf16/AMX machines, CUDA bf16/fp16) the products run in the
+low-precision dtype; the LSTM cell state, the attention softmax and both losses stay in fp32.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -38,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr import ops
 from asr.tokenizer import BLANK_ID, EOS_ID, IGNORE_ID, SOS_ID
 
 ATTENTION_TYPES = ("location", "content", "multihead")
@@ -266,15 +270,10 @@ class Attention(nn.Module):
     not depend on the decoder step, so :meth:`precompute` computes it once per utterance. Several heads
     each attend on their own and their contexts (each projected to ``enc_dim / heads``) are concatenated.
 
-    Two exact rewrites make a step cheap on CPU, where it runs over every frame of every beam row:
-
-    - ``tanh(e) = 2 sigmoid(2 e) - 1``, and the ``-1`` adds the same constant to all of a head's
-      scores, which the softmax ignores. So the scores are ``2 w_h . sigmoid(2 e)``: PyTorch's CPU
-      sigmoid is several times faster than its tanh. The factor 2 is folded into the keys, the query
-      and the location weights, so it costs nothing per element.
-    - The location convolution (one input channel) and its projection are linear, so they fold into
-      one (kernel x attention_dim) matrix applied to the unfolded previous alignment: one large matmul
-      instead of a slow narrow convolution. The parameters keep their convolution shapes.
+    A step runs over every frame of every beam row, so it uses two exact rewrites from :mod:`asr.ops`:
+    scores through a sigmoid instead of tanh (:func:`asr.ops.sigmoid_scores`, the factor 2 folded into
+    the keys, the query and the location matrix) and the location convolution and projection folded into
+    one matrix (:func:`asr.ops.folded_location_matrix`). The parameters keep their convolution shapes.
 
     Energies are channels-last, (N, T', attention_dim), the layout of the key projection.
     """
@@ -311,10 +310,7 @@ class Attention(nn.Module):
 
     def _location_matrix(self) -> Tensor:
         """Convolution then projection folded into one map, doubled: (heads, kernel, attention_dim / heads)."""
-        h = self.heads
-        conv = self.location.weight.view(h, -1, self.kernel)  # (H, C, K)
-        proj = self.location_proj.weight.view(h, -1, conv.size(1))  # (H, A/H, C)
-        return 2 * torch.bmm(proj, conv).transpose(1, 2)
+        return ops.folded_location_matrix(self.location.weight, self.location_proj.weight, self.heads, 2.0)
 
     def forward(
         self, query: Tensor, keys: Tensor, enc: Tensor, enc_mask: Tensor, prev: Tensor
@@ -334,25 +330,12 @@ class Attention(nn.Module):
         """:meth:`forward` with the query projection q (N, attention_dim) done and the context product
         given as ``contexts(weights (N, heads, T')) -> (N, heads, D)`` (the training loop passes a
         version with batched gradients)."""
-        n, frames, dim = keys.shape
-        h = self.heads
-        energy = torch.add(keys, q.unsqueeze(1), alpha=2)
+        dim = keys.size(-1)
+        energy = torch.add(keys, q.unsqueeze(1), alpha=2)  # twice the energy, for the sigmoid form
         if self.location is not None:
-            pad = self.kernel // 2
-            # (N, H, T', K) sliding windows of the previous alignment, a view until the matmul.
-            windows = F.pad(prev, (pad, pad)).unfold(-1, self.kernel, 1)
-            if h == 1:
-                location = torch.matmul(windows[:, 0], self._location_matrix()[0])  # (N, T', A)
-            else:
-                location = torch.matmul(windows, self._location_matrix()[None]).transpose(1, 2).reshape(n, frames, dim)
-            energy = energy.add_(location)
-        # In place: the additions' backward does not need these values.
-        energy = energy.sigmoid_()
-        w = 2 * self.score.weight.view(h, dim // h)
-        if h == 1:
-            scores = torch.matmul(energy, w[0]).unsqueeze(1)  # (N, 1, T')
-        else:
-            scores = (energy.view(n, frames, h, dim // h) * w).sum(-1).transpose(1, 2)
+            energy = energy.add_(ops.location_features(prev, self._location_matrix()))
+        scores = ops.sigmoid_scores(energy, self.score.weight.view(self.heads, dim // self.heads))
+        scores = scores.to(ops.accum_dtype(scores.dtype))
         weights = torch.softmax(scores.masked_fill(~enc_mask[:, None, :], float("-inf")), dim=-1)
         context = contexts(weights)  # (N, heads, D)
         if self.value is not None:
@@ -360,81 +343,6 @@ class Attention(nn.Module):
         else:
             context = context.squeeze(1)
         return context, weights
-
-
-class SharedOperand:
-    """A matrix used in a product at every decoder step, whose gradient is formed once for all steps.
-
-    Plain autograd forms the gradient of a shared operand step by step: an outer product with the
-    batch as inner dimension (a large, memory-bound write) added into an accumulator. Here each step's
-    backward only keeps its other operand and incoming gradient, and a node placed before the loop
-    (so that it runs after every step's backward) sums them in one large matmul. With ``batched`` the
-    product is ``bmm(x (N, h, T'), operand (N, T', D))``, else ``x (N, in) @ operand (in, out)``.
-    """
-
-    def __init__(self, operand: Tensor, batched: bool = False):
-        self.batched = batched
-        self.store: list[tuple[Tensor, Tensor]] = []
-        self.active = operand.requires_grad and torch.is_grad_enabled()
-        self.operand = _GatherGrad.apply(operand, self.store, batched) if self.active else operand
-
-    def product(self, x: Tensor, add: Tensor | None = None) -> Tensor:
-        """``add + x @ operand`` (``add`` (out,) or (N, out), mm only) or ``bmm(x, operand)``."""
-        if self.active:
-            return _StepProduct.apply(x, self.operand, add, self.store, self.batched)
-        if self.batched:
-            return torch.bmm(x, self.operand)
-        return torch.mm(x, self.operand) if add is None else torch.addmm(add, x, self.operand)
-
-
-class _StepProduct(torch.autograd.Function):
-    # custom_fwd/custom_bwd: the backward runs under the forward's CUDA autocast state, so its products
-    # see the same dtypes.
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, operand, add, store, batched):
-        ctx.save_for_backward(x, operand)
-        ctx.store, ctx.batched, ctx.add_dim = store, batched, None if add is None else add.dim()
-        if batched:
-            return torch.bmm(x, operand)
-        return torch.mm(x, operand) if add is None else torch.addmm(add, x, operand)
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad):
-        x, operand = ctx.saved_tensors
-        ctx.store.append((x, grad))
-        grad_x = grad_add = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (
-                torch.bmm(grad, operand.transpose(1, 2))
-                if ctx.batched
-                else torch.mm(grad, operand.t())
-            )
-        if ctx.add_dim is not None and ctx.needs_input_grad[2]:
-            grad_add = grad if ctx.add_dim == 2 else grad.sum(0)
-        return grad_x, None, grad_add, None, None
-
-
-class _GatherGrad(torch.autograd.Function):
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, operand, store, batched):
-        ctx.set_materialize_grads(False)
-        ctx.store, ctx.batched = store, batched
-        return operand.view_as(operand)
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad):
-        if not ctx.store:
-            return grad, None, None
-        dim = 1 if ctx.batched else 0
-        xs = torch.cat([x for x, _ in ctx.store], dim)  # (N, steps * h, T') or (steps * N, in)
-        grads = torch.cat([g for _, g in ctx.store], dim)
-        ctx.store.clear()
-        total = torch.bmm(xs.transpose(1, 2), grads) if ctx.batched else torch.mm(xs.t(), grads)
-        return (total if grad is None else total + grad), None, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -459,6 +367,7 @@ class DecoderState(NamedTuple):
 
 def _lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """LSTM cell nonlinearity in PyTorch's gate order (i, f, g, o). gates: (N, 4H); c: (N, H)."""
+    gates = gates.to(ops.accum_dtype(gates.dtype))  # the cell state accumulates: keep it in fp32
     i, f, g, o = gates.chunk(4, 1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
@@ -468,10 +377,10 @@ class _StepWeights(NamedTuple):
     """The Speller's per-step weights, prepared once per sequence (see :meth:`Speller._step_weights`)."""
 
     embed: Tensor  # (4H, E) embedding columns of cell 0's input weight
-    layers: list[SharedOperand]  # per cell: [input; h] -> gates, ([D or H] + H, 4H)
+    layers: list[ops.SharedOperand]  # per cell: [input; h] -> gates, ([D or H] + H, 4H)
     biases: list[Tensor]  # per cell (4H,)
-    query: SharedOperand  # (H, attention_dim)
-    contexts: SharedOperand  # enc (N, T', D), batched
+    query: ops.SharedOperand  # (H, attention_dim)
+    contexts: ops.SharedOperand  # enc (N, T', D), batched
 
 
 class Speller(nn.Module):
@@ -505,33 +414,29 @@ class Speller(nn.Module):
     def _step_weights(self, enc: Tensor) -> _StepWeights:
         return _StepWeights(
             embed=self.cells[0].weight_ih[:, : self.cfg.embed_dim],
-            layers=[SharedOperand(m) for m in self._layer_matrices()],
+            layers=[ops.SharedOperand(m) for m in self._layer_matrices()],
             biases=[cell.bias_ih + cell.bias_hh for cell in self.cells],
-            query=SharedOperand(self.attention.query.weight.t()),
-            contexts=SharedOperand(enc, batched=True),
+            query=ops.SharedOperand(self.attention.query.weight.t()),
+            contexts=ops.SharedOperand(enc, batched=True),
         )
 
     def _layer_matrices(self) -> list[Tensor]:
         """Per cell, ``[W_ih (context or input columns); W_hh]`` transposed: ([D or H] + H, 4H).
 
-        Cached while no gradient is recorded, so that step-by-step decoding does not copy the weights
-        at every step; an in-place update (optimizer step, load_state_dict) changes the key.
+        In the autocast dtype when autocast is on; cached while no gradient is recorded, so that
+        step-by-step decoding does not copy the weights at every step (:func:`asr.ops.cached_no_grad`).
         """
         e = self.cfg.embed_dim
-        key = tuple(
-            (p.data_ptr(), p._version)
-            for cell in self.cells
-            for p in (cell.weight_ih, cell.weight_hh)
-        )
-        cached = self.__dict__.get("_matrices")
-        if not torch.is_grad_enabled() and cached is not None and cached[0] == key:
-            return cached[1]
-        matrices = [
-            torch.cat([cell.weight_ih[:, e:] if i == 0 else cell.weight_ih, cell.weight_hh], 1).t()
-            for i, cell in enumerate(self.cells)
-        ]
-        self.__dict__["_matrices"] = None if torch.is_grad_enabled() else (key, matrices)
-        return matrices
+        params = [p for cell in self.cells for p in (cell.weight_ih, cell.weight_hh)]
+
+        def build() -> list[Tensor]:
+            dtype = ops.compute_dtype(params[0].device.type) or params[0].dtype
+            return [
+                torch.cat([cell.weight_ih[:, e:] if i == 0 else cell.weight_ih, cell.weight_hh], 1).t().to(dtype)
+                for i, cell in enumerate(self.cells)
+            ]
+
+        return ops.cached_no_grad(self, "_matrices", params, build)
 
     def _embed_gates(self, tokens: Tensor, weights: _StepWeights) -> Tensor:
         """Input-side gates of cell 0 from the tokens: (...,) -> (..., 4H), bias of cell 0 included."""
@@ -570,13 +475,14 @@ class Speller(nn.Module):
     def init_state(self, enc: Tensor, enc_lengths: Tensor) -> DecoderState:
         """State before the first step. enc: (N, T', D); enc_lengths: (N,)."""
         n = enc.size(0)
-        zeros = enc.new_zeros(n, len(self.cells), self.cfg.decoder_hidden)
+        dtype = ops.accum_dtype(enc.dtype)
+        zeros = enc.new_zeros(n, len(self.cells), self.cfg.decoder_hidden, dtype=dtype)
         mask = lengths_to_mask(enc_lengths, enc.size(1))
         return DecoderState(
             h=zeros,
             c=zeros.clone(),
             context=enc.new_zeros(n, self.enc_dim),
-            alignment=self.attention.initial_alignment(mask, enc.dtype),
+            alignment=self.attention.initial_alignment(mask, dtype),
             keys=self.attention.precompute(enc),
         )
 
@@ -593,7 +499,8 @@ class Speller(nn.Module):
         h, c = list(state.h.unbind(1)), list(state.c.unbind(1))
         top = self._cells(self._embed_gates(tokens, weights), weights, h, c, state.context)
         context, alignment = self._attend(top, weights, state.keys, enc_mask, state.alignment)
-        log_probs = torch.log_softmax(self._logits(top, context), dim=-1)
+        logits = self._logits(top, context)
+        log_probs = torch.log_softmax(logits.to(ops.accum_dtype(logits.dtype)), dim=-1)
         new_state = DecoderState(
             torch.stack(h, 1), torch.stack(c, 1), context, alignment, state.keys
         )
@@ -745,7 +652,8 @@ class LAS(nn.Module):
         """CTC log-probabilities. enc: (B, T', D) -> (B, T', V), log_softmax over V."""
         if self.ctc is None:
             raise RuntimeError("this model has no CTC head (ctc_weight == 0)")
-        return torch.log_softmax(self.ctc(enc), dim=-1)
+        logits = self.ctc(enc)
+        return torch.log_softmax(logits.to(ops.accum_dtype(logits.dtype)), dim=-1)
 
     def forward(
         self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor
@@ -757,7 +665,7 @@ class LAS(nn.Module):
         """
         enc, enc_lengths = self.encode(feats, feat_lengths)
         batch = feats.size(0)
-        zero = enc.new_zeros(())
+        zero = enc.new_zeros((), dtype=ops.accum_dtype(enc.dtype))
         ctc_loss, att_loss, attention = zero, zero, None
         n_correct, n_tokens = 0, 0
         if self.ctc is not None:
@@ -767,7 +675,7 @@ class LAS(nn.Module):
             logits, attention = self.decoder(enc, enc_lengths, inputs)
             att_loss = (
                 F.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)),
+                    logits.reshape(-1, logits.size(-1)).to(ops.accum_dtype(logits.dtype)),
                     outputs.reshape(-1),
                     ignore_index=IGNORE_ID,
                     label_smoothing=self.cfg.label_smoothing,
@@ -809,78 +717,3 @@ def _build_specaug(policy: str, specaug_cfg) -> nn.Module | None:
 
     base = specaug_cfg if specaug_cfg is not None else SpecAugmentConfig()
     return SpecAugment(dataclasses.replace(base, policy=policy))
-
-
-# ------------------------------------------------------------------------------------------------
-# FLOP count (for the training benchmark)
-# ------------------------------------------------------------------------------------------------
-
-
-def _lstm_macs(in_dim: int, hidden: int) -> int:
-    return 4 * hidden * (in_dim + hidden)
-
-
-def _listener_macs(cfg: ModelConfig, n_frames: int) -> int:
-    """Multiply-accumulates of the listener's forward pass over one utterance of ``n_frames`` frames."""
-    hidden, d = cfg.listener_hidden, cfg.encoder_dim
-    t = max(n_frames, cfg.time_reduction) // cfg.frame_stack
-    dim = cfg.n_mels * cfg.frame_stack
-    macs = 0
-    for _ in range(cfg.listener_layers):
-        macs += 2 * t * _lstm_macs(dim, hidden)
-        dim = d
-    for _ in range(cfg.pyramid_layers):
-        t //= 2
-        macs += 2 * t * _lstm_macs(2 * dim, hidden)
-        dim = d
-    return macs
-
-
-def count_listener_flops(cfg: ModelConfig, frames: Sequence[int]) -> float:
-    """Analytic FLOPs of the listener alone, forward + backward (backward = 2 x forward), as :func:`count_flops`."""
-    return 3.0 * 2.0 * sum(_listener_macs(cfg, n) for n in frames)
-
-
-def count_flops(
-    cfg: ModelConfig, frames: int | Sequence[int], tokens: int | Sequence[int]
-) -> float:
-    """Analytic FLOPs of one forward + backward pass (matrix products only, backward = 2 x forward).
-
-    frames: input frames of each utterance (or one int); tokens: target tokens of each utterance
-    (without EOS; the decoder runs tokens + 1 steps). Element-wise work (activations, softmax, losses) is
-    left out: it is small next to the products and runs below matmul speed anyway.
-    """
-    frames = [frames] if isinstance(frames, int) else list(frames)
-    tokens = [tokens] if isinstance(tokens, int) else list(tokens)
-    if len(frames) != len(tokens):
-        raise ValueError("frames and tokens must have one entry per utterance")
-    d = cfg.encoder_dim
-    heads = cfg.attention_heads if cfg.attention == "multihead" else 1
-    macs = 0
-    for n_frames, n_tokens in zip(frames, tokens, strict=True):
-        macs += _listener_macs(cfg, n_frames)
-        t = output_lengths(n_frames, cfg)
-        steps = n_tokens + 1
-        if cfg.ctc_weight > 0:
-            macs += t * d * cfg.vocab_size
-        if cfg.ctc_weight < 1:
-            macs += t * d * cfg.attention_dim  # key projection
-            per_step = _lstm_macs(cfg.embed_dim + d, cfg.decoder_hidden)
-            per_step += (cfg.decoder_layers - 1) * _lstm_macs(
-                cfg.decoder_hidden, cfg.decoder_hidden
-            )
-            per_step += cfg.decoder_hidden * cfg.attention_dim  # query
-            per_step += t * cfg.attention_dim  # energies
-            per_step += heads * t * d  # contexts
-            if cfg.attention != "content":
-                per_step += (
-                    heads
-                    * t
-                    * cfg.location_channels
-                    * (cfg.location_kernel + cfg.attention_dim // heads)
-                )
-            if heads > 1:
-                per_step += d * d // heads * heads
-            per_step += (cfg.decoder_hidden + d) * cfg.vocab_size  # output projection
-            macs += steps * per_step
-    return 3.0 * 2.0 * macs

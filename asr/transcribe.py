@@ -461,8 +461,9 @@ def decode_chunks(
 
     sr = recognizer.sample_rate
     waves, lengths = _pad([c.samples for c in chunks])
-    enc, enc_lengths, ctc = recognizer.encode_with_ctc(waves, lengths)
-    hyps = [nbest[0] for nbest in recognizer.decode(enc, enc_lengths, options)]
+    with recognizer.precision(options):
+        enc, enc_lengths, ctc = recognizer.encode_with_ctc(waves, lengths)
+        hyps = [nbest[0] for nbest in recognizer.decode(enc, enc_lengths, options)]
     # Without a CTC head there is no blank evidence and no alignment: trust the decoder alone.
     ctc_empty = [not path for path in ctc_greedy(ctc, enc_lengths)] if ctc is not None else [False] * len(chunks)
     out = []

@@ -8,7 +8,9 @@ Every clip is decoded on its own (batch 1, as pocketsphinx does) with ``torch.se
 1. greedy: log-mel + encoder + ``asr.decoding.search`` with beam 1 and CTC weight 0 (greedy search);
 2. beam: log-mel + encoder + ``asr.decoding.search`` (DecodeOptions' beam 10, CTC weight 0.3 by default);
 3. beam, batched: all clips in batches of 8, the way ``asr decode`` runs;
-4. peer: pocketsphinx with its bundled en-us model and default config.
+4. the same three in bf16 (``DecodeOptions(dtype="bf16")``: CPU autocast of encoder and search), when
+   the CPU has bf16 units (avx512_bf16/amx_bf16), each reported as a ratio to its fp32 run;
+5. peer: pocketsphinx with its bundled en-us model and default config.
 
 RTF = wall-clock seconds / audio seconds (lower is faster). Ratios are ours / pocketsphinx. WERs on the
 clips' transcripts (real-speech clips only; evaluation data, never tuned on) are printed alongside.
@@ -127,13 +129,20 @@ def run(args) -> dict:
     greedy = DecodeOptions(beam_size=1, ctc_weight=0.0)
     given = {k: v for k, v in (("beam_size", args.beam), ("ctc_weight", args.ctc_weight)) if v is not None}
     beam = replace(DecodeOptions(), "bench flags", **given)
-    decode_ours(rec, waves[:1], greedy)  # warm-up: first-call allocations and lazy imports
-    runs = {
-        "greedy": decode_ours(rec, waves, greedy),
-        f"beam{beam.beam_size}_ctc{beam.ctc_weight}": decode_ours(rec, waves, beam),
-        f"beam{beam.beam_size}_ctc{beam.ctc_weight}_batch8": decode_ours(rec, waves, beam, 8),
-        "pocketsphinx": decode_pocketsphinx(waves),
-    }
+    from asr.config import replace
+    from asr.ops import bf16_supported
+
+    dtypes = ["fp32", "bf16"] if bf16_supported("cpu") else ["fp32"]
+    runs = {}
+    configs = [("greedy", greedy, 1), (f"beam{beam.beam_size}_ctc{beam.ctc_weight}", beam, 1),
+               (f"beam{beam.beam_size}_ctc{beam.ctc_weight}_batch8", beam, 8)]
+    for dtype in dtypes:
+        decode_ours(rec, waves[:1], replace(greedy, "bench", dtype=dtype))  # warm-up: first-call allocations
+    for name, options, batch in configs:
+        for dtype in dtypes:  # fp32 and bf16 back to back, so load from other work falls on both alike
+            key = name if dtype == "fp32" else f"{name}_bf16"
+            runs[key] = decode_ours(rec, waves, replace(options, "bench", dtype=dtype), batch)
+    runs["pocketsphinx"] = decode_pocketsphinx(waves)
     peer = runs["pocketsphinx"][1] / audio_seconds
     print(f"{len(clips)} clips, {audio_seconds:.1f} s of audio, model {args.model}, 1 thread")
     print(f"{'decoder':<28} {'RTF':>8} {'x pocketsphinx':>15} {'WER %':>7}")
@@ -145,6 +154,10 @@ def run(args) -> dict:
         print(f"{name:<28} {rtf:>8.4f} {rtf / peer:>15.2f} {wer_text}")
         results[name] = {"rtf": round(rtf, 5), "ratio_vs_pocketsphinx": round(rtf / peer, 3),
                          "wer": None if wer is None else round(wer, 4)}
+        if name.endswith("_bf16"):
+            fp32 = runs[name[: -len("_bf16")]][1]
+            results[name]["speedup_vs_fp32"] = round(fp32 / seconds, 3)
+            print(f"{'':<28} bf16 is {fp32 / seconds:.2f}x the speed of fp32 (same run)")
     return results
 
 

@@ -12,7 +12,6 @@ from asr.errors import ConfigError
 from asr.model import (
     LAS,
     ModelConfig,
-    count_flops,
     decoder_io,
     lengths_to_mask,
     output_lengths,
@@ -41,6 +40,18 @@ def _seed_and_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _bench_train():
+    """scripts/bench_train.py as a module (it holds the analytic FLOP count)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_model(**overrides) -> LAS:
@@ -148,7 +159,7 @@ def test_teacher_forcing_equals_step_by_step():
 
 
 def test_decoder_gradients_match_finite_differences():
-    """The decoder forms shared-operand gradients once per sequence (asr.model.SharedOperand)."""
+    """The decoder forms shared-operand gradients once per sequence (asr.ops.SharedOperand)."""
     cfg = ModelConfig(
         **{
             **TINY,
@@ -388,7 +399,10 @@ def test_model_needs_a_vocabulary():
 
 @pytest.mark.parametrize("attention", ["location", "multihead"])
 def test_count_flops_matches_measured_matmuls(attention):
-    flop_counter = pytest.importorskip("torch.utils.flop_counter")
+    """The benchmark's analytic FLOP count (scripts/bench_train.py) against torch's FLOP counter."""
+    from torch.utils import flop_counter
+
+    count_flops = _bench_train().count_flops
     cfg = ModelConfig(
         **{**TINY, "attention": attention, "listener_hidden": 32, "decoder_hidden": 32}
     )

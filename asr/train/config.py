@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEDULES = ("noam", "cosine", "constant")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "auto", "bf16", "fp16")
 SOURCES = ("audio", "cached")
 
 
@@ -24,7 +24,9 @@ class TrainConfig:
     num_buckets: int = 10
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     accum_grad: int = 1
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored on CPU)
+    # none | bf16 (CUDA, or a CPU with avx512_bf16/amx_bf16; elsewhere one warning, fp32) | fp16 (CUDA)
+    # | auto (bf16 where it runs natively, else fp32)
+    amp: str = "none"
     weight_decay: float = 0.0
     adam_beta2: float = 0.98
     valid_every_steps: int = 0  # also validate every K updates; 0 = at epoch ends only

@@ -37,14 +37,12 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 def amp_setup(cfg: TrainConfig, d: Dist) -> tuple[torch.dtype | None, Any]:
     """``(autocast dtype or None, GradScaler or None)`` for ``cfg.amp`` on ``d.device``."""
-    if cfg.amp == "none":
-        return None, None
-    if d.device.type != "cuda":
-        log.info("amp=%s ignored: mixed precision is used on CUDA only", cfg.amp)
-        return None, None
-    if cfg.amp == "bf16":
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
+    from asr.ops import amp_dtype
+
+    dtype = amp_dtype(cfg.amp, d.device)
+    if dtype is not None:
+        log.info("mixed precision: %s autocast on %s", dtype, d.device.type)
+    return dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
 
 def _autocast(ctx: StepContext):
