@@ -502,6 +502,27 @@ def _run_average(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model folder to ONNX graphs that run on onnxruntime without torch")
+    p.add_argument("--model", required=True, type=Path, help="model folder (model.pt, config.yaml, tokenizer.model)")
+    p.add_argument("--out", required=True, type=Path, help="export folder to write")
+    p.add_argument("--quantize", choices=["none", "int8"], default=None, help="int8: dynamic int8 weights")
+    p.add_argument("--lm", type=Path, default=None, help="LM folder to export beside the model (lm_step.onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from asr.config import replace
+    from asr.export import ExportConfig, export_model
+
+    cfg = replace(ExportConfig(), "export flags", overwrite=args.overwrite, lm_dir=str(args.lm or ""),
+                  **({"quantize": args.quantize} if args.quantize else {}))
+    out = export_model(args.model, args.out, cfg)
+    print(f"export: wrote {out}")
+    return 0
+
+
 # >>> command registrations: add your `_add_<name>` to this list (one line each) >>>
 COMMANDS = [
     _add_corpus,
@@ -515,6 +536,7 @@ COMMANDS = [
     _add_train_lm,
     _add_train,
     _add_average,
+    _add_export,
 ]
 # <<< command registrations <<<
 

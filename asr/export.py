@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +141,11 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
     except ImportError:
         raise ExportError("asr export", "the onnx package is not installed (pip install 'asr[export]')") from None
     try:
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+        with warnings.catch_warnings():
+            # The tracer warns about Python branches on sizes; those are fixed for a given model.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
     except Exception as e:  # the exporter raises many types; the user needs the graph and the first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(path.name, f"ONNX export failed ({first})") from None
@@ -184,6 +189,9 @@ def export_graphs(model, out: Path, opset: int = OPSET, lm=None) -> dict[str, st
                          opset)
             graphs["speller_init"] = "speller_init.onnx"
             state = model.decoder.init_state(enc, enc_lengths)
+            attention = model.decoder.attention
+            if attention.location is not None:  # the sliding-window form does not export: trace the conv form
+                attention.location_energy = attention.location_energy_conv
             mask = torch.arange(enc.size(1))[None, :] < enc_lengths[:, None]
             tokens = torch.tensor([5, 3][: enc.size(0)] + [4] * max(0, enc.size(0) - 2), dtype=torch.long)
             rows = {0: "rows"}
@@ -197,6 +205,7 @@ def export_graphs(model, out: Path, opset: int = OPSET, lm=None) -> dict[str, st
                           "context_out": rows, "alignment_out": {0: "rows", 2: "enc_frames"},
                           "attention": rows_t}, opset)
             graphs["speller_step"] = "speller_step.onnx"
+            attention.__dict__.pop("location_energy", None)
         if lm is not None:
             lm = lm.eval()
             tokens = torch.tensor([3, 4], dtype=torch.long)
@@ -223,7 +232,11 @@ def quantize_graphs(out: Path, graphs: dict[str, str]) -> None:
         tmp = src.with_suffix(".fp32.onnx")
         src.rename(tmp)
         try:
-            quantize_dynamic(str(tmp), str(src), weight_type=QuantType.QInt8)
+            logging.disable(logging.WARNING)  # its advice to pre-process applies to convolution models
+            try:
+                quantize_dynamic(str(tmp), str(src), weight_type=QuantType.QInt8)
+            finally:
+                logging.disable(logging.NOTSET)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(src.name, f"int8 quantization failed ({first})") from None

@@ -316,6 +316,23 @@ class Attention(nn.Module):
         proj = self.location_proj.weight.view(h, -1, conv.size(1))  # (H, A/H, C)
         return 2 * torch.bmm(proj, conv).transpose(1, 2)
 
+    def location_energy(self, prev: Tensor) -> Tensor:
+        """The location term of the energies: prev (N, heads, T') -> (N, T', attention_dim)."""
+        n, h, frames = prev.shape
+        pad = self.kernel // 2
+        # (N, H, T', K) sliding windows of the previous alignment, a view until the matmul.
+        windows = F.pad(prev, (pad, pad)).unfold(-1, self.kernel, 1)
+        if h == 1:
+            return torch.matmul(windows[:, 0], self._location_matrix()[0])  # (N, T', A)
+        return torch.matmul(windows, self._location_matrix()[None]).transpose(1, 2).reshape(n, frames, -1)
+
+    def location_energy_conv(self, prev: Tensor) -> Tensor:
+        """:meth:`location_energy` as one grouped convolution: the same numbers, in a form that ONNX
+        export takes with a dynamic time axis (a sliding-window view does not export)."""
+        matrix = self._location_matrix()  # (H, K, A/H)
+        weight = matrix.permute(0, 2, 1).reshape(-1, 1, self.kernel)  # (A, 1, K), head-major like the matmul
+        return F.conv1d(prev, weight, padding=self.kernel // 2, groups=self.heads).transpose(1, 2)
+
     def forward(
         self, query: Tensor, keys: Tensor, enc: Tensor, enc_mask: Tensor, prev: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -338,14 +355,7 @@ class Attention(nn.Module):
         h = self.heads
         energy = torch.add(keys, q.unsqueeze(1), alpha=2)
         if self.location is not None:
-            pad = self.kernel // 2
-            # (N, H, T', K) sliding windows of the previous alignment, a view until the matmul.
-            windows = F.pad(prev, (pad, pad)).unfold(-1, self.kernel, 1)
-            if h == 1:
-                location = torch.matmul(windows[:, 0], self._location_matrix()[0])  # (N, T', A)
-            else:
-                location = torch.matmul(windows, self._location_matrix()[None]).transpose(1, 2).reshape(n, frames, dim)
-            energy = energy.add_(location)
+            energy = energy.add_(self.location_energy(prev))
         # In place: the additions' backward does not need these values.
         energy = energy.sigmoid_()
         w = 2 * self.score.weight.view(h, dim // h)
