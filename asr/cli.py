@@ -113,6 +113,9 @@ def _add_search_flags(p) -> None:
                    "otherwise a beam of 1 that still scores with CTC and the LM")
     p.add_argument("--ctc-weight", type=_nonneg_float, default=None,
                    help="CTC prefix score weight, 0..1 (default 0.3; 1 = pure CTC)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default=None,
+                   help="torch (a model folder), onnx (an `asr export` folder, onnxruntime, no torch needed); "
+                   "default auto: onnx for an exported folder")
 
 
 def _add_transcribe(sub) -> None:
@@ -128,25 +131,23 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="segments decoded together (default 8)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=_positive_int, default=1,
-                   help="torch CPU threads (default 1: segment batches are small, and extra threads "
+                   help="CPU threads (default 1: segment batches are small, and extra threads "
                    "spin against each other on a busy machine)")
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
-    import torch
-
     from asr.config import replace
     from asr.decoding import DecodeOptions
     from asr.inference import Recognizer
     from asr.transcribe import FAILURES_NAME, TranscribeConfig, transcribe_inputs
 
-    torch.set_num_threads(args.threads)
     cfg = replace(TranscribeConfig(), "transcribe flags", **_given(
         formats=args.format, stdin_rate=args.rate, max_segment=args.max_segment, batch_size=args.batch_size,
         output_dir=None if args.output_dir is None else str(args.output_dir)))
     options = replace(DecodeOptions(), "decode flags", **_given(beam_size=args.beam, ctc_weight=args.ctc_weight))
-    result = transcribe_inputs(Recognizer.from_dir(args.model, args.device), args.inputs, options, cfg,
+    rec = Recognizer.from_dir(args.model, args.device, args.backend or "auto", args.threads)
+    result = transcribe_inputs(rec, args.inputs, options, cfg,
                                write_stdin_files=args.output_dir is not None)
     if result.failures:
         print(f"asr transcribe: {len(result.results)} transcribed, {len(result.failures)} failed "
@@ -213,7 +214,8 @@ def _run_decode(args) -> int:
     flags = _given(beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, nbest=args.nbest)
     options = replace(DecodeOptions(), "decode flags", **{**flags, **extra.get("decode", {})})
     run = replace(DecodeRunConfig(), "decode flags", **_given(
-        batch_size=args.batch_size, nj=args.nj, device=args.device, lm_dir=None if args.lm is None else str(args.lm),
+        batch_size=args.batch_size, nj=args.nj, device=args.device, backend=args.backend,
+        lm_dir=None if args.lm is None else str(args.lm),
         progress=False if args.no_progress else None))
     result = decode_manifest(args.model, args.manifest, args.out_dir, options, run)
     print(f"decode: {result.num_decoded}/{result.num_utts} utterances -> {args.out_dir / 'hyps.jsonl'} "

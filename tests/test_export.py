@@ -77,9 +77,9 @@ def test_fp32_log_probs_match_torch(exported, torch_model, waves):
     model, _, config = torch_model
     onnx = OnnxModel(exported, threads=1)
     enc_t, len_t = _torch_encode(model, config, waves)
-    enc_o, len_o = onnx.encode(waves)
+    enc_o, len_o = onnx.encode_waves(waves)
     assert len_o.tolist() == len_t.tolist()
-    one, one_len = onnx.encode(waves[:1])  # batch and time axes are dynamic: one clip alone is the same
+    one, one_len = onnx.encode_waves(waves[:1])  # batch and time axes are dynamic: one clip alone is the same
     assert np.abs(one[0, : one_len[0]] - enc_o[0, : len_o[0]]).max() < 1e-5
     valid = np.arange(enc_o.shape[1])[None, :] < len_o[:, None]
     assert np.abs(enc_o - enc_t.numpy())[valid].max() < 1e-4
@@ -103,7 +103,7 @@ def test_fp32_hypotheses_are_identical(exported, torch_model, waves, options):
     model, _, config = torch_model
     onnx = OnnxModel(exported, threads=1)
     enc_t, len_t = _torch_encode(model, config, waves)
-    enc_o, len_o = onnx.encode(waves)
+    enc_o, len_o = onnx.encode_waves(waves)
     if options.beam_size == 1:
         hyp_t = greedy_search(model, enc_t, len_t, options)
         hyp_o = greedy_search(onnx, enc_o, len_o, options)
@@ -118,7 +118,7 @@ def test_fp32_hypotheses_are_identical(exported, torch_model, waves, options):
 def _wer(model, waves, texts, tokenizer) -> float:
     from asr.scoring import score
 
-    enc, lengths = model.encode(waves)
+    enc, lengths = model.encode_waves(waves)
     hyps = [n[0] for n in beam_search(model, enc, lengths, BEAM10)]
     refs = {str(i): t for i, t in enumerate(texts)}
     return score(refs, {str(i): tokenizer.decode(h.tokens) for i, h in enumerate(hyps)}).wer
@@ -153,7 +153,7 @@ def test_lm_exports_and_fuses_identically(tiny_model_dir, torch_model, waves, tm
     options = DecodeOptions(beam_size=4, ctc_weight=0.3, lm_weight=0.5)
     onnx = OnnxModel(out, threads=1)
     enc_t, len_t = _torch_encode(model, config, waves[:6])
-    enc_o, len_o = onnx.encode(waves[:6])
+    enc_o, len_o = onnx.encode_waves(waves[:6])
     hyp_t = [n[0].tokens for n in beam_search(model, enc_t, len_t, options, lm)]
     hyp_o = [n[0].tokens for n in beam_search(onnx, enc_o, len_o, options, onnx_lm)]
     assert hyp_o == hyp_t

@@ -49,15 +49,20 @@ class NumpyFrontend:
         power = (spec.real**2 + spec.imag**2).astype(np.float32)
         return np.log(np.maximum(power @ self.mel, self.log_floor))
 
+    def normalize(self, feats: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """CMVN of padded log-mel features (B, T, n_mels), as ``LAS.encode`` does it; zero past each length."""
+        out = np.zeros(feats.shape, np.float32)
+        for i, n in enumerate(np.asarray(lengths).tolist()):
+            f = feats[i, :n]
+            mean = (f.mean(axis=0, keepdims=True) if n else 0.0) if self.utterance_cmn else self.cmvn_mean
+            out[i, :n] = (f - mean) * self.cmvn_istd
+        return out
+
     def __call__(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Normalised, zero-padded features (B, T, n_mels) float32 and frame lengths (B,) int64."""
         feats = [self.log_mel(w) for w in waves]
         lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
         out = np.zeros((len(feats), int(lengths.max(initial=0)), self.n_mels), np.float32)
         for i, f in enumerate(feats):
-            if self.utterance_cmn:
-                mean = f.mean(axis=0, keepdims=True) if len(f) else 0.0
-            else:
-                mean = self.cmvn_mean
-            out[i, : len(f)] = (f - mean) * self.cmvn_istd
-        return out, lengths
+            out[i, : len(f)] = f
+        return self.normalize(out, lengths), lengths

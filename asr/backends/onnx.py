@@ -121,7 +121,36 @@ class OnnxModel:
     def has_speller(self) -> bool:
         return self.speller_step is not None
 
-    def encode_features(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per encoder frame: the feature hop times the listener's time reduction."""
+        return int(self.features["hop_length"]) * self.time_reduction / self.sample_rate
+
+    def encode(self, inputs, lengths) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms (B, samples) or log-mel features (B, T, n_mels), lengths (B,) (arrays, or tensors).
+
+        Returns enc (B, T', D) float32 and enc_lengths (B,) int64.
+        """
+        from asr.backends import as_array
+
+        inputs, lengths = as_array(inputs, np.float32), as_array(lengths, np.int64)
+        if inputs.ndim == 2:
+            feats, frames = self.frontend([row[: int(n)] for row, n in zip(inputs, lengths)])
+        elif inputs.ndim == 3:
+            feats, frames = self.frontend.normalize(inputs, lengths), lengths
+        else:
+            raise ValueError(f"expected (batch, samples) or (batch, frames, n_mels), got {inputs.shape}")
+        return self._listen(feats, frames)
+
+    def encode_waves(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms (each (samples,) float32 at ``sample_rate``) -> enc (B, T', D), enc_lengths (B,)."""
+        return self._listen(*self.frontend(waves))
+
+    def load_lm(self, lm_dir, tokenizer) -> OnnxLM:
+        """The LM graph of an export folder (``asr export --lm``); ``tokenizer`` is the model's (shared)."""
+        return OnnxLM(lm_dir)
+
+    def _listen(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised features (B, T, n_mels), lengths (B,) -> enc (B, T', D) float32, enc_lengths (B,) int64."""
         r = self.time_reduction
         if feats.shape[1] < r:  # as LAS.encode: every utterance keeps at least one encoder frame
@@ -130,11 +159,6 @@ class OnnxModel:
         enc, enc_lengths = self.listener.run(None, {"feats": np.ascontiguousarray(feats, dtype=np.float32),
                                                     "lengths": lengths})
         return enc, enc_lengths.astype(np.int64)
-
-    def encode(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Waveforms (each (samples,) float32 at ``sample_rate``) -> enc (B, T', D), enc_lengths (B,)."""
-        feats, lengths = self.frontend(waves)
-        return self.encode_features(feats, lengths)
 
     def ctc_log_probs(self, enc: np.ndarray) -> np.ndarray:
         if self.ctc is None:
@@ -169,11 +193,19 @@ class OnnxLM:
 
     def __init__(self, folder: str | Path, threads: int | None = None):
         folder = Path(folder)
-        meta = json.loads((folder / EXPORT_META).read_text(encoding="utf-8"))
-        if "lm_step" not in meta["graphs"]:
+        try:
+            meta = json.loads((folder / EXPORT_META).read_text(encoding="utf-8"))
+            graphs = meta["graphs"]
+            if "lm_step" in graphs:
+                self.layers, self.hidden = int(meta["lm"]["layers"]), int(meta["lm"]["hidden"])
+        except FileNotFoundError:
+            raise CheckpointError(folder, "not an exported folder: with --backend onnx, --lm names an export "
+                                  "made with --lm (often the model's own export folder)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(folder / EXPORT_META, f"malformed export metadata ({type(e).__name__}: {e})") from None
+        if "lm_step" not in graphs:
             raise CheckpointError(folder, "this export has no LM (export it with --lm)")
-        self.layers, self.hidden = int(meta["lm"]["layers"]), int(meta["lm"]["hidden"])
-        self.session = _session(folder / meta["graphs"]["lm_step"], threads)
+        self.session = _session(folder / graphs["lm_step"], threads)
 
     def init_state(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         zeros = np.zeros((n, self.layers, self.hidden), np.float32)

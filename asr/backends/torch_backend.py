@@ -34,11 +34,66 @@ def take_rows(x: Any, idx: np.ndarray, within_utterance: bool = False) -> Any:
 
 
 class TorchModel:
-    """An ``asr.model.LAS`` (eval mode) as a search backend."""
+    """An ``asr.model.LAS`` (eval mode) as a search backend, with the log-mel frontend when ``features``
+    (an ``asr.features.FeatureConfig``) is given."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, features=None):
+        self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.frontend = None
+        if features is not None:
+            from asr.features import LogMel
+
+            self.frontend = LogMel(features).to(self.device).eval()
+            self.sample_rate = int(features.sample_rate)
+            # Seconds per encoder frame: the feature hop times the listener's time reduction.
+            self.frame_seconds = features.hop_length * model.cfg.time_reduction / self.sample_rate
+
+    @classmethod
+    def from_dir(cls, model_dir, device: str = "cpu", threads: int | None = None):
+        """``(TorchModel, Tokenizer, ExperimentConfig)`` of a model folder on ``device``; ``threads``
+        sets torch's CPU threads (process-wide) when given.
+
+        Raises CheckpointError for a bad folder, ConfigError for a device that is unknown or absent.
+        """
+        from asr.checkpoint import load_las
+        from asr.errors import ConfigError
+
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ConfigError("--device", f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device", "CUDA was asked for but no CUDA device is available")
+        if threads:
+            torch.set_num_threads(threads)
+        model, tokenizer, config = load_las(model_dir, map_location=device)
+        return cls(model.to(device), config.features), tokenizer, config
+
+    @torch.inference_mode()
+    def encode(self, inputs: Any, lengths: Any) -> tuple[Tensor, np.ndarray]:
+        """Waveforms (B, samples) or log-mel features (B, T, n_mels), lengths (B,): arrays or tensors.
+
+        Returns enc (B, T', D) on the model's device and enc_lengths (B,) int64 ndarray.
+        """
+        inputs = torch.as_tensor(inputs).to(self.device)
+        lengths = torch.as_tensor(lengths).to(self.device)
+        if inputs.dim() == 2:
+            inputs, lengths = self.frontend(inputs, lengths)
+        elif inputs.dim() != 3:
+            raise ValueError(f"expected (batch, samples) or (batch, frames, n_mels), got {tuple(inputs.shape)}")
+        enc, enc_lengths = self.model.encode(inputs, lengths)
+        return enc, enc_lengths.cpu().numpy()
+
+    def load_lm(self, lm_dir, tokenizer) -> TorchLM:
+        """An LM folder (``asr train-lm``) on this model's device; its tokenizer must equal ``tokenizer``."""
+        from asr.errors import ConfigError
+        from asr.lm import load_lm, same_vocabulary
+
+        lm, lm_tok = load_lm(lm_dir, map_location=self.device)
+        if not same_vocabulary(lm_tok, tokenizer):
+            raise ConfigError(lm_dir, "the LM's tokenizer differs from the ASR model's tokenizer")
+        return TorchLM(lm)
 
     @property
     def has_ctc(self) -> bool:
