@@ -19,8 +19,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from asr.errors import ConfigError
 
 Scalar = int | float | str | bool | None
@@ -45,6 +43,8 @@ def load_yaml_sections(path: str | Path) -> dict[str, dict[str, Scalar]]:
 
     Raises ConfigError on a missing file, bad YAML, or a non-scalar value.
     """
+    import yaml  # on first use: an exported model runs (and takes flags) without pyyaml
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -169,6 +169,8 @@ class ExperimentConfig:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.to_sections(), sort_keys=False)
 
 
@@ -188,6 +190,8 @@ def parse_override(text: str) -> tuple[str, str, Scalar]:
         raise ConfigError(text, "override must look like section.key=value, e.g. train.lr=0.001")
     lhs, rhs = text.split("=", 1)
     section, key = lhs.split(".", 1)
+    import yaml
+
     try:
         value = yaml.safe_load(rhs) if rhs else ""
     except yaml.YAMLError:

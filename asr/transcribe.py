@@ -864,8 +864,13 @@ def _transcribe_one(recognizer, source, root, stem, formats, options, cfg, vad, 
 
 
 def _with_progress(blocks: Iterator[np.ndarray], source: str, sample_rate: int) -> Iterator[np.ndarray]:
-    """Show a tqdm bar of audio seconds read (on a terminal only, so logs stay clean)."""
-    from tqdm import tqdm
+    """Show a tqdm bar of audio seconds read (on a terminal only, so logs stay clean; not without tqdm,
+    which a minimal install for exported models leaves out)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from blocks
+        return
 
     from asr.audio import audio_duration
 

@@ -224,3 +224,77 @@ def test_export_cli_errors_are_one_line(tiny_model_dir, exported, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("asr: error: ") and "\n" not in err
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+# ---- a minimal install: onnxruntime, numpy, soundfile, sentencepiece, and no torch ----
+
+MINIMAL = ["onnxruntime", "numpy", "soundfile", "sentencepiece"]
+REPO = Path(__file__).resolve().parents[1]
+
+_RUN_EXPORT = """
+import json, sys
+import asr
+from asr.audio import load_audio
+from asr.decoding import DecodeOptions
+from asr.transcribe import _pad
+rec = asr.load_model(sys.argv[1])
+waves = [load_audio(p, rec.sample_rate) for p in sys.argv[2:]]
+out = {"backend": type(rec.backend).__name__}
+for name, options in (("greedy", DecodeOptions(beam_size=1, ctc_weight=0.0)), ("beam10", DecodeOptions())):
+    out[name] = [nb[0].tokens for nb in rec.decode_batch(*_pad(waves), options)]
+out["torch_loaded"] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def _minimal_venv() -> Path:
+    """A virtual environment with only the minimal packages, kept between runs (.venv-onnx, or
+    $ASR_ONNX_VENV): building it costs a minute of pip."""
+    import subprocess
+    import sys
+
+    venv = Path(os.environ.get("ASR_ONNX_VENV", REPO / ".venv-onnx"))
+    python = venv / "bin" / "python"
+    stamp = venv / ".minimal-stamp"
+    if not stamp.is_file():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        pip = subprocess.run([str(python), "-m", "pip", "install", "-q", *MINIMAL], capture_output=True, text=True)
+        if pip.returncode != 0:
+            message = f"cannot build the minimal venv: {pip.stderr.strip().splitlines()[-1:]}"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        stamp.write_text(" ".join(MINIMAL) + "\n")
+    return python
+
+
+@pytest.mark.slow
+def test_exported_model_runs_without_torch(exported, torch_model, waves, tiny_corpus, tmp_path):
+    import subprocess
+
+    python = _minimal_venv()
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, env=env)
+    assert no_torch.returncode != 0  # the environment really has no torch
+    paths = [u.audio for u in tiny_corpus.utts[:6]]
+    run = subprocess.run([str(python), "-c", _RUN_EXPORT, str(exported), *paths], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["backend"] == "OnnxModel" and out["torch_loaded"] is False
+    model, _, config = torch_model
+    enc, lengths = _torch_encode(model, config, waves[:6])
+    assert out["greedy"] == [h.tokens for h in greedy_search(model, enc, lengths, GREEDY)]
+    assert out["beam10"] == [n[0].tokens for n in beam_search(model, enc, lengths, BEAM10)]
+    # The command line too: transcribe a file with the exported model, and a corrupt export is one line.
+    cli = subprocess.run([str(python), "-m", "asr", "transcribe", "--model", str(exported), paths[0],
+                          "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert cli.returncode == 0, cli.stderr
+    assert (tmp_path / "out" / (Path(paths[0]).stem + ".txt")).read_text().strip()
+    broken = _copy(exported, tmp_path / "broken")
+    (broken / "speller_step.onnx").write_bytes(b"\x00" * 100)
+    cli = subprocess.run([str(python), "-m", "asr", "transcribe", "--model", str(broken), paths[0]],
+                         capture_output=True, text=True, env=env)
+    assert cli.returncode == 2 and cli.stderr.strip().startswith("asr: error: ")
+    assert "speller_step.onnx" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
