@@ -298,3 +298,19 @@ def test_exported_model_runs_without_torch(exported, torch_model, waves, tiny_co
                          capture_output=True, text=True, env=env)
     assert cli.returncode == 2 and cli.stderr.strip().startswith("asr: error: ")
     assert "speller_step.onnx" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_decode_cli_backends_agree(tiny_model_dir, exported, tiny_corpus, tmp_path):
+    """`asr decode` with the torch model folder and with its export (--backend onnx): the same hypotheses;
+    a torch folder with --backend onnx is a one-line error."""
+    from asr.cli import main
+
+    hyps = {}
+    for name, model, backend in (("torch", tiny_model_dir, "torch"), ("onnx", exported, "onnx")):
+        out = tmp_path / name
+        assert main(["decode", "--model", str(model), "--manifest", str(tiny_corpus.manifest), "--out-dir", str(out),
+                     "--backend", backend, "--no-progress"]) == 0
+        hyps[name] = [json.loads(line)["tokens"] for line in (out / "hyps.jsonl").read_text().splitlines()]
+    assert hyps["onnx"] == hyps["torch"] and len(hyps["torch"]) == len(tiny_corpus.texts)
+    assert main(["decode", "--model", str(tiny_model_dir), "--manifest", str(tiny_corpus.manifest),
+                 "--out-dir", str(tmp_path / "x"), "--backend", "onnx"]) == 2
