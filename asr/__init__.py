@@ -53,11 +53,15 @@ __all__ = [
 ]
 
 
-def load_model(model_dir: str | Path, device: str = "cpu") -> Recognizer:
-    """Load a model folder as a :class:`asr.inference.Recognizer` (``Recognizer.from_dir``)."""
+def load_model(model_dir: str | Path, device: str = "cpu", backend: str = "auto") -> Recognizer:
+    """Load a model folder as a :class:`asr.inference.Recognizer` (``Recognizer.from_dir``).
+
+    An `asr export` folder (export.json) runs on onnxruntime without torch; ``backend`` "torch" or
+    "onnx" insists on one.
+    """
     from asr.inference import Recognizer
 
-    return Recognizer.from_dir(model_dir, device)
+    return Recognizer.from_dir(model_dir, device, backend)
 
 
 def __getattr__(name: str) -> Any:

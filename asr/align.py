@@ -6,11 +6,11 @@ these for word times and for choosing where to cut, the search for the best path
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from asr.backends import as_array
 from asr.tokenizer import BLANK_ID
 
 if TYPE_CHECKING:
@@ -19,18 +19,19 @@ if TYPE_CHECKING:
 WORD_BOUNDARY = "\u2581"  # sentencepiece marks the first piece of a word with it
 
 
-def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+def ctc_greedy(log_probs: Any, lengths: Any) -> list[list[int]]:
     """Best-path CTC decoding: argmax per frame, merge repeats, drop blanks.
 
-    log_probs: (B, T', V); lengths: (B,) valid frames. Returns token ids per utterance.
+    log_probs: (B, T', V) array or tensor; lengths: (B,) valid frames. Returns token ids per utterance.
     """
-    best = log_probs.argmax(dim=-1).cpu()
+    best = as_array(log_probs).argmax(axis=-1)
+    lengths = as_array(lengths, np.int64)
     out = []
-    for b in range(best.size(0)):
+    for b in range(best.shape[0]):
         path = best[b, : int(lengths[b])]
-        keep = torch.ones_like(path, dtype=torch.bool)
+        keep = np.ones(path.shape, dtype=bool)
         keep[1:] = path[1:] != path[:-1]
-        out.append([t for t in path[keep].tolist() if t != BLANK_ID])
+        out.append([int(t) for t in path[keep] if t != BLANK_ID])
     return out
 
 

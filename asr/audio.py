@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from asr.errors import AudioError
 
@@ -133,6 +132,8 @@ def resample(audio: np.ndarray, orig_rate: float, target_rate: float) -> np.ndar
     """
     if orig_rate == target_rate:
         return audio.astype(np.float32, copy=False)
+    import soxr  # imported on first use: audio at the model's rate needs no resampler
+
     out = soxr.resample(audio, orig_rate, target_rate, quality=_RESAMPLE_QUALITY)
     return np.asarray(out, dtype=np.float32)
 
@@ -242,6 +243,8 @@ def iter_blocks(
         rate = f.samplerate
         stream = None
         if rate != sample_rate:
+            import soxr
+
             stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=_RESAMPLE_QUALITY)
         read_frames = max(1, math.ceil(block_seconds * rate))
         if f.format == "MP3":

@@ -120,6 +120,9 @@ def _add_search_flags(p) -> None:
                    "otherwise a beam of 1 that still scores with CTC and the LM")
     p.add_argument("--ctc-weight", type=_nonneg_float, default=None,
                    help="CTC prefix score weight, 0..1 (default 0.3; 1 = pure CTC)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default=None,
+                   help="torch (a model folder), onnx (an `asr export` folder, onnxruntime, no torch needed); "
+                   "default auto: onnx for an exported folder")
 
 
 def _add_transcribe(sub) -> None:
@@ -137,26 +140,24 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "auto"], default=None,
                    help="inference precision (default: DecodeOptions, fp32); bf16 needs CPU bf16 units or CUDA")
     p.add_argument("--threads", type=_positive_int, default=1,
-                   help="torch CPU threads (default 1: segment batches are small, and extra threads "
+                   help="CPU threads (default 1: segment batches are small, and extra threads "
                    "spin against each other on a busy machine)")
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
-    import torch
-
     from asr.config import replace
     from asr.decoding import DecodeOptions
     from asr.inference import Recognizer
     from asr.transcribe import FAILURES_NAME, TranscribeConfig, transcribe_inputs
 
-    torch.set_num_threads(args.threads)
     cfg = replace(TranscribeConfig(), "transcribe flags", **_given(
         formats=args.format, stdin_rate=args.rate, max_segment=args.max_segment, batch_size=args.batch_size,
         output_dir=None if args.output_dir is None else str(args.output_dir)))
     options = replace(DecodeOptions(), "decode flags", **_given(beam_size=args.beam, ctc_weight=args.ctc_weight,
                                                                 dtype=args.dtype))
-    result = transcribe_inputs(Recognizer.from_dir(args.model, args.device), args.inputs, options, cfg,
+    rec = Recognizer.from_dir(args.model, args.device, args.backend or "auto", args.threads)
+    result = transcribe_inputs(rec, args.inputs, options, cfg,
                                write_stdin_files=args.output_dir is not None)
     if result.failures:
         print(f"asr transcribe: {len(result.results)} transcribed, {len(result.failures)} failed "
@@ -227,7 +228,8 @@ def _run_decode(args) -> int:
                    dtype=args.dtype)
     options = replace(DecodeOptions(), "decode flags", **{**flags, **extra.get("decode", {})})
     run = replace(DecodeRunConfig(), "decode flags", **_given(
-        batch_size=args.batch_size, nj=args.nj, device=args.device, lm_dir=None if args.lm is None else str(args.lm),
+        batch_size=args.batch_size, nj=args.nj, device=args.device, backend=args.backend,
+        lm_dir=None if args.lm is None else str(args.lm),
         progress=False if args.no_progress else None))
     result = decode_manifest(args.model, args.manifest, args.out_dir, options, run)
     print(f"decode: {result.num_decoded}/{result.num_utts} utterances -> {args.out_dir / 'hyps.jsonl'} "
@@ -517,6 +519,27 @@ def _run_average(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model folder to ONNX graphs that run on onnxruntime without torch")
+    p.add_argument("--model", required=True, type=Path, help="model folder (model.pt, config.yaml, tokenizer.model)")
+    p.add_argument("--out", required=True, type=Path, help="export folder to write")
+    p.add_argument("--quantize", choices=["none", "int8"], default=None, help="int8: dynamic int8 weights")
+    p.add_argument("--lm", type=Path, default=None, help="LM folder to export beside the model (lm_step.onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from asr.config import replace
+    from asr.export import ExportConfig, export_model
+
+    cfg = replace(ExportConfig(), "export flags", overwrite=args.overwrite, lm_dir=str(args.lm or ""),
+                  **({"quantize": args.quantize} if args.quantize else {}))
+    out = export_model(args.model, args.out, cfg)
+    print(f"export: wrote {out}")
+    return 0
+
+
 # >>> command registrations: add your `_add_<name>` to this list (one line each) >>>
 COMMANDS = [
     _add_corpus,
@@ -530,6 +553,7 @@ COMMANDS = [
     _add_train_lm,
     _add_train,
     _add_average,
+    _add_export,
 ]
 # <<< command registrations <<<
 

@@ -19,8 +19,6 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from asr.errors import ConfigError
 
 if TYPE_CHECKING:  # the section modules import this one
@@ -51,6 +49,8 @@ def load_yaml_sections(path: str | Path) -> dict[str, dict[str, Scalar]]:
 
     Raises ConfigError on a missing file, bad YAML, or a non-scalar value.
     """
+    import yaml  # on first use: an exported model runs (and takes flags) without pyyaml
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -175,6 +175,8 @@ class ExperimentConfig:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.to_sections(), sort_keys=False)
 
 
@@ -194,6 +196,8 @@ def parse_override(text: str) -> tuple[str, str, Scalar]:
         raise ConfigError(text, "override must look like section.key=value, e.g. train.lr=0.001")
     lhs, rhs = text.split("=", 1)
     section, key = lhs.split(".", 1)
+    import yaml
+
     try:
         value = yaml.safe_load(rhs) if rhs else ""
     except yaml.YAMLError:

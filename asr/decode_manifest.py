@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from asr.config import to_dict
 from asr.decoding import DecodeOptions, Hypothesis
@@ -37,10 +36,13 @@ class DecodeRunConfig:
     device: str = "cpu"
     lm_dir: str = ""  # empty: no LM
     progress: bool = True
+    backend: str = "auto"  # "auto" (onnx for an `asr export` folder, else torch) | "torch" | "onnx"
 
     def __post_init__(self):
         if self.batch_size < 1 or self.nj < 1:
             raise ValueError("batch_size and nj must be >= 1")
+        if self.backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be auto, torch or onnx, got {self.backend!r}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
 
@@ -106,6 +108,8 @@ def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions,
     shards = [utts[bounds[i] : bounds[i + 1]] for i in range(nj)]
     devices = [run.device] * nj
     if run.device.startswith("cuda") and run.device == "cuda":
+        import torch
+
         gpus = max(torch.cuda.device_count(), 1)
         devices = [f"cuda:{i % gpus}" for i in range(nj)]
     threads = max(1, (os.cpu_count() or 1) // nj)
@@ -129,33 +133,23 @@ def _decode_shard_worker(model_dir: str, utts: list, options: DecodeOptions, run
     """Returns (results, failures, None), or ([], [], (error class, what, reason)) for a user error."""
     from asr.errors import AsrError
 
-    torch.set_num_threads(threads)
     try:
-        return (*_decode_shard(model_dir, utts, options, run, device, position), None)
+        return (*_decode_shard(model_dir, utts, options, run, device, position, threads), None)
     except AsrError as e:
         # AsrError subclasses take (what, reason), which default exception pickling cannot rebuild.
         return [], [], (type(e), e.what, e.reason)
 
 
-def _load_lm_for(run: DecodeRunConfig, tokenizer: Any, device: str) -> Any:
-    if not run.lm_dir:
-        return None
-    from asr.errors import ConfigError
-    from asr.lm import load_lm, same_vocabulary
-
-    lm, lm_tok = load_lm(run.lm_dir, map_location=device)
-    if not same_vocabulary(lm_tok, tokenizer):
-        raise ConfigError(run.lm_dir, "the LM's tokenizer differs from the ASR model's tokenizer")
-    return lm
-
-
 def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig, device: str,
-                  position: int) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Decode ``utts`` in batches of similar duration; returns (result dicts, failures)."""
+                  position: int, threads: int | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Decode ``utts`` in batches of similar duration; returns (result dicts, failures).
+
+    ``threads``: CPU threads of this process (torch's, or onnxruntime's); None leaves the default.
+    """
     from tqdm import tqdm
 
-    rec = Recognizer.from_dir(model_dir, device=device)
-    lm = _load_lm_for(run, rec.tokenizer, device)
+    rec = Recognizer.from_dir(model_dir, device=device, backend=run.backend, threads=threads)
+    lm = rec.load_lm(run.lm_dir) if run.lm_dir else None
     order = sorted(utts, key=lambda u: -u.duration)  # similar lengths together: less padding
     results: list[dict] = []
     failures: list[tuple[str, str]] = []
@@ -207,10 +201,10 @@ def _decode_one_by_one(rec: Any, utts: list, waves: list, options: DecodeOptions
 
 def _decode_loaded(rec: Recognizer, utts: list, waves: list, options: DecodeOptions, lm: Any) -> list[dict]:
     """Encode and search one batch of loaded waveforms (each (samples,) float32)."""
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    padded = torch.zeros(len(waves), int(lengths.max()))
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    padded = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
     for j, w in enumerate(waves):
-        padded[j, : len(w)] = torch.from_numpy(w)
+        padded[j, : len(w)] = w
     nbests = rec.decode_batch(padded, lengths, options, lm)
     return [_result(u, len(w) / rec.sample_rate, hyps, rec.tokenizer) for u, w, hyps in zip(utts, waves, nbests)]
 

@@ -1,111 +1,151 @@
 """Inference API: load a model folder once, then encode and decode batches.
 
     >>> import asr
-    >>> rec = asr.load_model("exp/final")
+    >>> rec = asr.load_model("exp/final")          # a trained model folder (torch) or an `asr export` folder
     >>> nbest = rec.decode_batch(waves, lengths, asr.DecodeOptions(nbest=3))  # (batch, samples)
 
-:class:`Recognizer` holds the model, tokenizer, log-mel frontend and config. ``decode_batch`` runs the
-frontend, the listener and :func:`asr.decoding.search`. Long files go through :mod:`asr.transcribe`
-(``asr.transcribe.transcribe(rec, "talk.flac")``), manifests through :mod:`asr.decode_manifest`; both
-build on this class, never the other way round.
+:class:`Recognizer` holds a model backend (:mod:`asr.backends`: torch, or onnxruntime for an exported
+folder) and the tokenizer. ``decode_batch`` runs the frontend, the listener and
+:func:`asr.decoding.search`; the search is the same code whatever the backend. Long files go through
+:mod:`asr.transcribe` (``asr.transcribe.transcribe(rec, "talk.flac")``), manifests through
+:mod:`asr.decode_manifest`; both build on this class, never the other way round. Nothing here imports
+torch: an exported model runs with onnxruntime, numpy, soundfile and sentencepiece alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from asr.decoding import DecodeOptions, Hypothesis, search
 
 if TYPE_CHECKING:
-    from asr.config import ExperimentConfig
     from asr.tokenizer import Tokenizer
+
+BACKENDS = ("auto", "torch", "onnx")
 
 
 class Recognizer:
-    """A model ready for inference: LAS, tokenizer, log-mel frontend and the experiment config."""
+    """A model ready for inference: a backend (torch or onnxruntime) and its tokenizer.
 
-    def __init__(self, model, tokenizer: Tokenizer, config: ExperimentConfig, device: str | torch.device = "cpu"):
-        from asr.features import LogMel
+    ``sample_rate`` is the audio rate the model takes; ``frame_seconds`` the seconds per encoder frame
+    (feature hop times the listener's time reduction). ``config`` is the experiment config of a torch
+    model (None for an exported one, whose settings are in its export.json).
+    """
 
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+    def __init__(self, backend: Any, tokenizer: Tokenizer, config: Any = None):
+        self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
-        self.frontend = LogMel(config.features).to(self.device).eval()
-        self.sample_rate = int(config.features.sample_rate)
-        # Seconds per encoder frame: the feature hop times the listener's time reduction.
-        self.frame_seconds = config.features.hop_length * config.model.time_reduction / self.sample_rate
+        self.sample_rate = backend.sample_rate
+        self.frame_seconds = backend.frame_seconds
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> Recognizer:
-        """Load a model folder (model.pt, config.yaml, tokenizer.model).
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu", backend: str = "auto",
+                 threads: int | None = None) -> Recognizer:
+        """Load a model folder (model.pt, config.yaml, tokenizer.model) or an exported folder (export.json).
 
-        Raises CheckpointError for a bad folder, ConfigError for a device that is unknown or absent.
+        ``backend``: "auto" (onnx for an exported folder, else torch), "torch" or "onnx". ``threads``:
+        CPU threads (torch's, process-wide, or onnxruntime's intra-op threads; None: the default). Raises CheckpointError for a bad or mismatched
+        folder, ConfigError for a backend or device that cannot run it.
         """
-        from asr.checkpoint import load_las
+        from asr.backends.onnx import is_export_dir
         from asr.errors import ConfigError
 
-        try:
-            device = torch.device(device)
-        except RuntimeError:
-            raise ConfigError("--device", f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device", "CUDA was asked for but no CUDA device is available")
-        model, tokenizer, config = load_las(model_dir, map_location=device)
-        return cls(model, tokenizer, config, device)
+        if backend not in BACKENDS:
+            raise ConfigError("--backend", f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
+        exported = is_export_dir(model_dir)
+        if backend == "auto":
+            backend = "onnx" if exported else "torch"
+        if backend == "onnx":
+            from asr.backends.onnx import OnnxModel
+            from asr.tokenizer import Tokenizer
+
+            if not exported and Path(model_dir, "model.pt").is_file():
+                raise ConfigError(model_dir, "is a torch model folder: export it first (asr export) for --backend onnx")
+            model = OnnxModel(model_dir, threads=threads)
+            tokenizer = Tokenizer.load(Path(model_dir) / "tokenizer.model")
+            if tokenizer.vocab_size != model.vocab_size:
+                from asr.errors import CheckpointError
+
+                raise CheckpointError(model_dir, f"tokenizer has {tokenizer.vocab_size} pieces but the exported "
+                                      f"model has {model.vocab_size}")
+            return cls(model, tokenizer)
+        if exported:
+            raise ConfigError(model_dir, "is an exported (ONNX) folder: use --backend onnx (or auto)")
+        from asr.backends.torch_backend import TorchModel
+
+        model, tokenizer, config = TorchModel.from_dir(model_dir, device, threads)
+        return cls(model, tokenizer, config)
+
+    @property
+    def model(self) -> Any:
+        """The backend (kept under this name for callers that read ``rec.model``)."""
+        return self.backend
+
+    @property
+    def frontend(self) -> Any:
+        return self.backend.frontend
 
     @property
     def has_ctc(self) -> bool:
-        return getattr(self.model, "ctc", None) is not None
+        return self.backend.has_ctc
 
-    @torch.inference_mode()
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def has_speller(self) -> bool:
+        return self.backend.has_speller
+
+    def encode(self, inputs: Any, lengths: Any) -> tuple[Any, np.ndarray]:
         """Run frontend and listener.
 
         Args:
-            inputs: waveforms (batch, samples) at ``sample_rate``, or log-mel features (batch, frames, n_mels).
+            inputs: waveforms (batch, samples) at ``sample_rate``, or log-mel features (batch, frames, n_mels);
+                a numpy array or a torch tensor.
             lengths: (batch,) valid samples or frames per row.
         Returns:
-            enc: (batch, T', D) and enc_lengths: (batch,) long.
+            enc: (batch, T', D) in the backend's array type, and enc_lengths: (batch,) int64 ndarray.
         """
-        inputs, lengths = inputs.to(self.device), lengths.to(self.device)
-        if inputs.dim() == 2:
-            inputs, lengths = self.frontend(inputs, lengths)
-        elif inputs.dim() != 3:
-            raise ValueError(f"expected (batch, samples) or (batch, frames, n_mels), got {tuple(inputs.shape)}")
-        return self.model.encode(inputs, lengths)
+        return self.backend.encode(inputs, lengths)
 
-    @torch.inference_mode()
-    def encode_with_ctc(self, waves: torch.Tensor, lengths: torch.Tensor):
-        """:meth:`encode` plus CTC log-probs (batch, T', V) on the CPU (None when the model has no CTC head)."""
+    def encode_with_ctc(self, waves: Any, lengths: Any) -> tuple[Any, np.ndarray, np.ndarray | None]:
+        """:meth:`encode` plus CTC log-probs (batch, T', V) float32 ndarray (None without a CTC head)."""
         enc, enc_lengths = self.encode(waves, lengths)
-        ctc = self.model.ctc_log_probs(enc).float().cpu() if self.has_ctc else None
-        return enc, enc_lengths.cpu(), ctc
+        ctc = self.backend.ctc_log_probs(enc) if self.has_ctc else None
+        return enc, enc_lengths, ctc
 
-    def decode(self, enc: torch.Tensor, enc_lengths: torch.Tensor, options: DecodeOptions | None = None,
+    def decode(self, enc: Any, enc_lengths: Any, options: DecodeOptions | None = None,
                lm: Any = None) -> list[list[Hypothesis]]:
         """Search encoder output enc (batch, T', D), enc_lengths (batch,) with :func:`asr.decoding.search`.
 
         Returns per row up to ``options.nbest`` hypotheses, best first. ``lm``: an LM for fusion or None.
         """
-        return search(self.model, enc, enc_lengths, options or DecodeOptions(), lm)
+        return search(self.backend, enc, enc_lengths, options or DecodeOptions(), lm)
 
-    def decode_batch(self, inputs: torch.Tensor, lengths: torch.Tensor, options: DecodeOptions | None = None,
+    def decode_batch(self, inputs: Any, lengths: Any, options: DecodeOptions | None = None,
                      lm: Any = None) -> list[list[Hypothesis]]:
         """Decode a padded batch of waveforms (batch, samples) or features (batch, frames, n_mels).
 
         ``lengths`` (batch,) gives the valid samples or frames of each row. Returns per row up to
         ``options.nbest`` hypotheses, best first, in input order.
         """
-        with self.precision(options or DecodeOptions()):
+        options = options or DecodeOptions()
+        with self.precision(options):
             enc, enc_lengths = self.encode(inputs, lengths)
             return self.decode(enc, enc_lengths, options, lm)
 
     def precision(self, options: DecodeOptions):
-        """The autocast context of ``options.dtype`` on this device (fp32: a disabled one)."""
+        """The autocast context of ``options.dtype`` for a torch backend (fp32 or onnx: a no-op)."""
+        device = getattr(self.backend, "device", None)
+        if device is None or options.dtype == "fp32":
+            return contextlib.nullcontext()
         from asr.ops import amp_dtype, autocast
 
-        return autocast(amp_dtype(options.dtype, self.device), self.device)
+        return autocast(amp_dtype(options.dtype, device), device)
+
+    def load_lm(self, lm_dir: str | Path) -> Any:
+        """The fusion LM for this backend: an LM folder (torch) or the LM inside the export (onnx)."""
+        return self.backend.load_lm(lm_dir, self.tokenizer)

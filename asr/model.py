@@ -312,6 +312,17 @@ class Attention(nn.Module):
         """Convolution then projection folded into one map, doubled: (heads, kernel, attention_dim / heads)."""
         return ops.folded_location_matrix(self.location.weight, self.location_proj.weight, self.heads, 2.0)
 
+    def location_energy(self, prev: Tensor) -> Tensor:
+        """The location term of the energies: prev (N, heads, T') -> (N, T', attention_dim)."""
+        return ops.location_features(prev, self._location_matrix())
+
+    def location_energy_conv(self, prev: Tensor) -> Tensor:
+        """:meth:`location_energy` as one grouped convolution: the same numbers, in a form that ONNX
+        export takes with a dynamic time axis (a sliding-window view does not export)."""
+        matrix = self._location_matrix()  # (H, K, A/H)
+        weight = matrix.permute(0, 2, 1).reshape(-1, 1, self.kernel)  # (A, 1, K), head-major like the matmul
+        return F.conv1d(prev, weight, padding=self.kernel // 2, groups=self.heads).transpose(1, 2)
+
     def forward(
         self, query: Tensor, keys: Tensor, enc: Tensor, enc_mask: Tensor, prev: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -333,7 +344,7 @@ class Attention(nn.Module):
         dim = keys.size(-1)
         energy = torch.add(keys, q.unsqueeze(1), alpha=2)  # twice the energy, for the sigmoid form
         if self.location is not None:
-            energy = energy.add_(ops.location_features(prev, self._location_matrix()))
+            energy = energy.add_(self.location_energy(prev))
         scores = ops.sigmoid_scores(energy, self.score.weight.view(self.heads, dim // self.heads))
         scores = scores.to(ops.accum_dtype(scores.dtype))
         weights = torch.softmax(scores.masked_fill(~enc_mask[:, None, :], float("-inf")), dim=-1)

@@ -324,17 +324,15 @@ def blank_cut(recognizer: Recognizer, window: np.ndarray, lo: int, hi: int) -> i
     blank almost everywhere then still cuts in a pause rather than in the middle of the run.
     Without a CTC head, or without any blank frame in the range, the quietest frame is used.
     """
-    import torch
-
     from asr.align import longest_run
     from asr.tokenizer import BLANK_ID
 
     if not recognizer.has_ctc:
         return energy_cut(window, lo, hi)
-    waves = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None]
-    _, enc_lengths, ctc = recognizer.encode_with_ctc(waves, torch.tensor([len(window)]))
+    waves = np.ascontiguousarray(window, dtype=np.float32)[None]
+    _, enc_lengths, ctc = recognizer.encode_with_ctc(waves, np.array([len(window)]))
     n = int(enc_lengths[0])
-    blank = (ctc[0, :n].argmax(-1) == BLANK_ID).numpy()
+    blank = ctc[0, :n].argmax(-1) == BLANK_ID
     per_frame = len(window) / max(n, 1)
     run = longest_run(blank, int(np.ceil(lo / per_frame)), int(hi / per_frame))
     if run is None:
@@ -468,10 +466,10 @@ def decode_chunks(
     ctc_empty = [not path for path in ctc_greedy(ctc, enc_lengths)] if ctc is not None else [False] * len(chunks)
     out = []
     for i, (chunk, hyp) in enumerate(zip(chunks, hyps)):
-        log_probs = ctc[i, : int(enc_lengths[i])].numpy() if ctc is not None else None
+        log_probs = ctc[i, : int(enc_lengths[i])] if ctc is not None else None
         start, (speech_start, speech_end) = chunk.start / sr, chunk.speech
         # A pure-CTC model has no decoder log-prob; its CTC path score stands in.
-        total = hyp.log_prob if recognizer.model.decoder is not None else hyp.ctc_score
+        total = hyp.log_prob if recognizer.has_speller else hyp.ctc_score
         avg = float(total) / (len(hyp.tokens) + 1)
         keep = is_speech(hyp.tokens, avg, ctc_empty[i], cfg)
         words = []
@@ -490,13 +488,12 @@ def is_speech(tokens: list[int], avg_logprob: float, ctc_empty: bool, cfg: Trans
     return not ctc_empty or avg_logprob >= cfg.no_speech_logprob
 
 
-def _pad(arrays: list[np.ndarray]):
-    import torch
-
-    lengths = torch.tensor([len(a) for a in arrays], dtype=torch.long)
-    waves = torch.zeros(len(arrays), int(lengths.max()), dtype=torch.float32)
+def _pad(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded (B, samples) float32 and lengths (B,) int64."""
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    waves = np.zeros((len(arrays), int(lengths.max())), dtype=np.float32)
     for i, a in enumerate(arrays):
-        waves[i, : len(a)] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        waves[i, : len(a)] = a
     return waves, lengths
 
 
@@ -867,8 +864,13 @@ def _transcribe_one(recognizer, source, root, stem, formats, options, cfg, vad, 
 
 
 def _with_progress(blocks: Iterator[np.ndarray], source: str, sample_rate: int) -> Iterator[np.ndarray]:
-    """Show a tqdm bar of audio seconds read (on a terminal only, so logs stay clean)."""
-    from tqdm import tqdm
+    """Show a tqdm bar of audio seconds read (on a terminal only, so logs stay clean; not without tqdm,
+    which a minimal install for exported models leaves out)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from blocks
+        return
 
     from asr.audio import audio_duration
 

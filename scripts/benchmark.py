@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-SECTIONS = ["frontend", "data", "train", "decode", "transcribe"]
+SECTIONS = ["frontend", "data", "train", "decode", "decode_bf16", "transcribe"]
 
 
 def main(argv=None) -> int:
