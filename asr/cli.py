@@ -537,6 +537,41 @@ def _run_export(args) -> int:
                   **({"quantize": args.quantize} if args.quantize else {}))
     out = export_model(args.model, args.out, cfg)
     print(f"export: wrote {out}")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP and WebSocket recognition server with a browser page (asr[serve])")
+    p.add_argument("--model", required=True, type=Path, help="model folder (model.pt, config.yaml, tokenizer.model)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-sessions", type=_positive_int, default=None, help="streams and uploads at once; more get 503")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads sharing the model")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per decoding thread")
+    p.add_argument("--beam", type=_positive_int, default=None, help="beam size when a request names none")
+    p.add_argument("--max-upload-mb", type=_nonneg_float, default=None, help="largest upload; larger get 413")
+    p.add_argument("--max-stream-seconds", type=_nonneg_float, default=None, help="most audio one stream may send")
+    p.add_argument("--idle-timeout", type=_nonneg_float, default=None, help="close a stream silent this long")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    try:
+        from asr.serve.app import serve
+    except ModuleNotFoundError as e:
+        raise AsrError("asr serve", f"needs the serve extra: pip install 'asr[serve]' ({e.name} is missing)") from None
+    from asr.config import replace
+    from asr.serve import ServeConfig
+
+    flags = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions, "workers": args.workers,
+             "threads": args.threads, "beam": args.beam, "max_stream_seconds": args.max_stream_seconds,
+             "idle_timeout": args.idle_timeout,
+             "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * (1 << 20))}
+    try:
+        cfg = replace(ServeConfig(), "serve flags", **{k: v for k, v in flags.items() if v is not None})
+    except ValueError as e:
+        raise AsrError("asr serve", str(e)) from None
+    serve(args.model, cfg, args.device)
     return 0
 
 
@@ -554,6 +589,7 @@ COMMANDS = [
     _add_train,
     _add_average,
     _add_export,
+    _add_serve,
 ]
 # <<< command registrations <<<
 

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-DEB_PKGS="flite espeak-ng wordnet-base sox libsndfile1"
+# chromium and chromium-driver: the browser test of `asr serve` drives the page in headless Chromium.
+DEB_PKGS="flite espeak-ng wordnet-base sox libsndfile1 chromium chromium-driver"
 
 missing_debs() {
   local m=()
