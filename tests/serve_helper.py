@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 LOOPBACK = "127.0.0.1"
+SR = 16000
 
 
 @dataclass
@@ -142,3 +144,48 @@ def wait_for_sessions(url: str, n: int, timeout: float = 20) -> int:
         if active == n or time.monotonic() > deadline:
             return active
         time.sleep(0.05)
+
+
+# Fixtures shared by the test_serve* modules (imported there by name).
+
+
+@pytest.fixture(scope="module")
+def recognizer(tiny_model_dir):
+    import torch
+
+    import asr
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield asr.load_model(tiny_model_dir)
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def speech(tiny_corpus, tmp_path_factory):
+    """Six tiny-corpus utterances joined by pauses: (audio (samples,), texts, wav path)."""
+    import soundfile as sf
+
+    from asr.audio import load_audio
+
+    rng = np.random.default_rng(0)
+    parts, texts = [np.zeros(int(0.3 * SR), np.float32)], []
+    for u in tiny_corpus.utts[:6]:
+        parts += [load_audio(u.audio), np.zeros(int(rng.uniform(0.6, 1.2) * SR), np.float32)]
+        texts.append(u.text)
+    audio = np.concatenate(parts)
+    path = tmp_path_factory.mktemp("serve") / "speech.wav"
+    sf.write(path, audio, SR, subtype="PCM_16")
+    audio = sf.read(path, dtype="float32")[0]  # exactly what s16le frames carry
+    return audio, texts, path
+
+
+@pytest.fixture(scope="module")
+def baseline(recognizer, speech):
+    """The quiet run: the offline long-file transcriber on the same audio, greedy, decoded one by one."""
+    from asr.decoding import DecodeOptions
+    from asr.transcribe import TranscribeConfig
+
+    segs = recognizer.transcribe(speech[0], DecodeOptions(beam_size=1), TranscribeConfig(batch_size=1))
+    assert segs, "the tiny model recognises nothing in the test audio"
+    return [(s.text, s.start, s.end) for s in segs]

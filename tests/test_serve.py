@@ -23,6 +23,7 @@ except ImportError as e:  # a missing extra fails in CI and skips elsewhere, wit
         raise
     pytest.skip(f"asr[serve] is not installed ({e.name}): pip install -e '.[serve]'", allow_module_level=True)
 
+import serve_helper
 from serve_helper import (
     LOOPBACK,
     finals,
@@ -37,50 +38,10 @@ from serve_helper import (
     wait_for_sessions,
 )
 
+# The shared fixtures: the tiny model, speech with pauses, and its offline transcript (the quiet run).
+recognizer, speech, baseline = serve_helper.recognizer, serve_helper.speech, serve_helper.baseline
 SR = 16000
 FRAME = 3200  # bytes: 100 ms of s16le
-
-
-@pytest.fixture(scope="module")
-def recognizer(tiny_model_dir):
-    import torch
-
-    import asr
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield asr.load_model(tiny_model_dir)
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def speech(tiny_corpus, tmp_path_factory):
-    """Six tiny-corpus utterances joined by pauses: (audio (samples,), texts, wav path)."""
-    import soundfile as sf
-
-    from asr.audio import load_audio
-
-    rng = np.random.default_rng(0)
-    parts, texts = [np.zeros(int(0.3 * SR), np.float32)], []
-    for u in tiny_corpus.utts[:6]:
-        parts += [load_audio(u.audio), np.zeros(int(rng.uniform(0.6, 1.2) * SR), np.float32)]
-        texts.append(u.text)
-    audio = np.concatenate(parts)
-    path = tmp_path_factory.mktemp("serve") / "speech.wav"
-    sf.write(path, audio, SR, subtype="PCM_16")
-    audio = sf.read(path, dtype="float32")[0]  # exactly what s16le frames carry
-    return audio, texts, path
-
-
-@pytest.fixture(scope="module")
-def baseline(recognizer, speech):
-    """The quiet run: the offline long-file transcriber on the same audio, greedy, decoded one by one."""
-    from asr.decoding import DecodeOptions
-    from asr.transcribe import TranscribeConfig
-
-    segs = recognizer.transcribe(speech[0], DecodeOptions(beam_size=1), TranscribeConfig(batch_size=1))
-    assert segs, "the tiny model recognises nothing in the test audio"
-    return [(s.text, s.start, s.end) for s in segs]
 
 
 @pytest.fixture(scope="module")

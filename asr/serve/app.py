@@ -416,9 +416,14 @@ def serve(model_dir: str | Path, cfg: ServeConfig = ServeConfig(), device: str =
             from asr.errors import ConfigError
 
             raise ConfigError("--port", f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror})") from None
+    sock.listen(2048)  # connections made from now on wait in the backlog until uvicorn accepts them
     host, port = sock.getsockname()[:2]
     print(f"asr serve: {Path(model_dir).name} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.Server(uvicorn_config(app, cfg)).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn_config(app, cfg)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a graceful shutdown: stopping is the normal end
+        pass
+    print("asr serve: stopped", flush=True)
 
 
 def uvicorn_config(app: Starlette, cfg: ServeConfig):

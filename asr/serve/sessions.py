@@ -51,6 +51,8 @@ class ServeConfig:
     send_timeout: float = 10.0  # a client that reads nothing for this long is dropped
 
     def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
         if self.max_sessions < 1 or self.workers < 1 or self.threads < 1:
             raise ValueError("max_sessions, workers and threads must be >= 1")
         if not 1 <= self.beam <= MAX_BEAM:
