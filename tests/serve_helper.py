@@ -183,9 +183,9 @@ def speech(tiny_corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def baseline(recognizer, speech):
     """The quiet run: the offline long-file transcriber on the same audio, greedy, decoded one by one."""
-    from asr.decoding import DecodeOptions
-    from asr.transcribe import TranscribeConfig
+    from asr.serve.sessions import decode_options
+    from asr.transcribe import TranscribeConfig, transcribe
 
-    segs = recognizer.transcribe(speech[0], DecodeOptions(beam_size=1), TranscribeConfig(batch_size=1))
+    segs = transcribe(recognizer, speech[0], decode_options(1), TranscribeConfig(batch_size=1))
     assert segs, "the tiny model recognises nothing in the test audio"
     return [(s.text, s.start, s.end) for s in segs]

@@ -124,10 +124,11 @@ def _segments(body: bytes):
 
 
 def test_upload_raw_and_multipart_equal_the_offline_transcriber(srv, speech, recognizer):
-    from asr.decoding import DecodeOptions
+    from asr.serve.sessions import decode_options
+    from asr.transcribe import transcribe
 
     wav = speech[2].read_bytes()
-    offline = [(s.text, s.start, s.end) for s in recognizer.transcribe(speech[2], DecodeOptions(beam_size=1))]
+    offline = [(s.text, s.start, s.end) for s in transcribe(recognizer, speech[2], decode_options(1))]
     status, ctype, body = http("POST", srv.url + "/v1/transcribe", wav, {"Content-Type": "audio/wav"})
     assert status == 200 and ctype == "application/json", body
     assert _segments(body) == offline
@@ -138,10 +139,10 @@ def test_upload_raw_and_multipart_equal_the_offline_transcriber(srv, speech, rec
 
 
 def test_upload_formats_are_the_transcribers_writers(srv, speech, recognizer):
-    from asr.decoding import DecodeOptions
-    from asr.transcribe import format_header, format_segment
+    from asr.serve.sessions import decode_options
+    from asr.transcribe import format_header, format_segment, transcribe
 
-    segs = recognizer.transcribe(speech[2], DecodeOptions(beam_size=1))
+    segs = transcribe(recognizer, speech[2], decode_options(1))
     wav = speech[2].read_bytes()
     for fmt, ctype in (("txt", "text/plain"), ("srt", "application/x-subrip"), ("vtt", "text/vtt")):
         status, got_type, body = http("POST", f"{srv.url}/v1/transcribe?format={fmt}", wav)
@@ -151,9 +152,10 @@ def test_upload_formats_are_the_transcribers_writers(srv, speech, recognizer):
 
 
 def test_upload_beam_option_is_used(srv, speech, recognizer):
-    from asr.decoding import DecodeOptions
+    from asr.serve.sessions import decode_options
+    from asr.transcribe import transcribe
 
-    offline = [(s.text, s.start, s.end) for s in recognizer.transcribe(speech[2], DecodeOptions(beam_size=3))]
+    offline = [(s.text, s.start, s.end) for s in transcribe(recognizer, speech[2], decode_options(3))]
     status, _, body = http("POST", srv.url + "/v1/transcribe?beam=3", speech[2].read_bytes())
     assert status == 200 and _segments(body) == offline
 

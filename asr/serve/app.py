@@ -37,6 +37,7 @@ from asr.serve.sessions import (
     ProtocolError,
     ServeConfig,
     StreamSession,
+    decode_options,
     parse_json,
     parse_query,
     parse_start,
@@ -157,12 +158,11 @@ class Server:
 
     async def _transcribe_file(self, path: Path, fmt: str, beam: int) -> Response:
         from asr.audio import audio_duration
-        from asr.decoding import DecodeOptions
+        from asr.transcribe import transcribe
 
-        options = DecodeOptions(beam_size=beam, nbest=1)
         try:
             duration = await self.pool.run(audio_duration, path)
-            segments = await self.pool.run(self.recognizer.transcribe, path, options)
+            segments = await self.pool.run(transcribe, self.recognizer, path, decode_options(beam))
         except AsrError as e:
             return _error(400, f"upload: {e.reason}")
         return _render(segments, fmt, duration)
@@ -221,10 +221,7 @@ class _Stream:
         return parse_start(parse_json(_text(msg)), self.cfg.beam)
 
     def _open(self, start) -> StreamSession:
-        from asr.decoding import DecodeOptions
-
-        options = DecodeOptions(beam_size=start.beam)
-        return StreamSession(self.server.recognizer, start, options, self.cfg.partial_interval)
+        return StreamSession(self.server.recognizer, start, decode_options(start.beam), self.cfg.partial_interval)
 
     async def _receive(self) -> dict:
         try:

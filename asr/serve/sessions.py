@@ -12,18 +12,27 @@ Everything a client sends is checked here; a message the protocol does not allow
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asr.transcribe import Segmenter, StitchState, TranscribeConfig, VadConfig, decode_batch, stitch
+from asr.transcribe import (
+    Segmenter,
+    StitchState,
+    TranscribeConfig,
+    VadConfig,
+    blank_cut,
+    decode_chunks,
+    stitch,
+)
 
 if TYPE_CHECKING:
     from asr.decoding import DecodeOptions
-    from asr.inference import Recognizer, Segment
+    from asr.inference import Recognizer
+    from asr.transcribe import Segment
 
 # Sample formats of binary frames: numpy dtype and the scale to [-1, 1).
 SAMPLE_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
@@ -61,6 +70,14 @@ class ServeConfig:
             raise ValueError("max_upload_bytes and max_frame_bytes must be >= 1")
         if min(self.max_stream_seconds, self.idle_timeout, self.partial_interval, self.send_timeout) <= 0:
             raise ValueError("max_stream_seconds, idle_timeout, partial_interval and send_timeout must be > 0")
+
+
+def decode_options(beam: int) -> DecodeOptions:
+    """The search of a request: beam 1 is greedy search (no CTC prefix score), else beam search with
+    the ``DecodeOptions`` defaults."""
+    from asr.decoding import DecodeOptions
+
+    return DecodeOptions(beam_size=1, ctc_weight=0.0) if beam == 1 else DecodeOptions(beam_size=beam)
 
 
 class ProtocolError(Exception):
@@ -266,7 +283,7 @@ class StreamSession:
         vad = vad or VadConfig()
         sr = recognizer.sample_rate
         self.pcm = PcmDecoder(start.format, start.sample_rate, sr)
-        self.segmenter = Segmenter(vad, self.cfg, sr, recognizer.blank_cut)
+        self.segmenter = Segmenter(vad, self.cfg, sr, functools.partial(blank_cut, recognizer))
         self.state = StitchState()
         self.finals = 0
         self._pad = int(round(vad.padding * sr))
@@ -301,7 +318,7 @@ class StreamSession:
         out = []
         for i in range(0, len(chunks), self.cfg.batch_size):
             batch = chunks[i : i + self.cfg.batch_size]
-            for decoded in decode_batch(self.recognizer, batch, self.options, self.cfg):
+            for decoded in decode_chunks(self.recognizer, batch, self.options, self.cfg):
                 seg = stitch(decoded, self.state, self.recognizer.tokenizer)
                 if seg is not None:
                     self.finals += 1
@@ -342,16 +359,15 @@ class StreamSession:
     def _open_text(self, audio: np.ndarray) -> str:
         import torch
 
-        from asr.decoding import DecodeOptions
-        from asr.inference import ctc_greedy
+        from asr.align import ctc_greedy
 
         rec = self.recognizer
         waves, lengths = torch.from_numpy(np.ascontiguousarray(audio))[None], torch.tensor([len(audio)])
         if rec.has_ctc:
             _, enc_lengths, ctc = rec.encode_with_ctc(waves, lengths)
-            tokens = ctc_greedy(ctc[0, : int(enc_lengths[0])].numpy())
+            tokens = ctc_greedy(ctc, enc_lengths)[0]
         else:
-            tokens = rec.decode_batch(waves, lengths, DecodeOptions(beam_size=1))[0].tokens
+            tokens = rec.decode_batch(waves, lengths, decode_options(1))[0][0].tokens
         return rec.tokenizer.decode(tokens).strip()
 
 
@@ -376,8 +392,3 @@ class Admission:
 
     def leave(self) -> None:
         self.active -= 1
-
-
-def seconds_text(seconds: float) -> str:
-    """``5400`` -> ``"5400 s"``; limits quoted in error messages."""
-    return f"{seconds:g} s" if math.isfinite(seconds) else "unlimited"
