@@ -15,7 +15,6 @@ torch: an exported model runs with onnxruntime, numpy, soundfile and sentencepie
 from __future__ import annotations
 
 import contextlib
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
