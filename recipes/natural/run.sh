@@ -7,28 +7,23 @@
 # Usage: recipes/natural/run.sh [--stage N] [--stop-stage M] [--nj 2] [--nproc 2] [--config FILE]
 #                               [--data-dir DIR] [--exp-dir DIR] [--lm-weights "0.2 0.4"]
 #   Stages: 0 synthesise; 1-7 as recipes/mini (manifests ... score, without LM); 8 LM text; 9 train the
-#   LM; 10 decode dev with each --lm-weights value and keep the best on dev; 11 decode test and
-#   test-voice with it; 12 score.
+#   LM; 10 decode and score dev with each --lm-weights value and keep the best on dev; 11 decode and
+#   score test and test-voice with it; 12 the table (RESULTS-lm.md).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../common.sh"
 
-stage=0
 stop_stage=12
-nj=2
 nproc=2
 config="$here/../mini/conf/train.yaml"
 data_dir="$here/data/default"
 exp_dir="$here/exp/default"
-beam=10
-ctc_weight=0.3
 lm_weights="0.2 0.4"
 parse_options "$@"
 done_dir=$exp_dir/.done
 manifests=$data_dir/manifests
 eval_sets="dev test test-voice"
 mkdir -p "$exp_dir"
-export PYTHONUNBUFFERED=1
 
 stage0() {
   asr corpus synth --out "$data_dir/corpus" --hours 4.5 --dev-utterances 400 --test-utterances 400 --speakers 100 \
@@ -54,12 +49,17 @@ stage9() {
 
 wer_of() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))["wer"])' "$1"; }
 
+# decode_lm WEIGHT SET: decodes SET with the model's defaults plus LM fusion, and scores it.
+decode_lm() {
+  decode_opts="--lm $exp_dir/lm --lm-weight $1"
+  decode_set "$exp_dir/final" "$manifests/$2.jsonl" "$exp_dir/decode-lm$1/$2"
+  score_set "$manifests/$2.jsonl" "$exp_dir/decode-lm$1/$2/hyps.jsonl" "$exp_dir/score-lm$1/$2"
+}
+
 stage10() {
   local best="" best_wer=""
   for w in $lm_weights; do
-    partial_ok asr decode --model "$exp_dir/final" --manifest "$manifests/dev.jsonl" --out-dir "$exp_dir/decode-lm$w/dev" \
-      --beam "$beam" --ctc-weight "$ctc_weight" --lm "$exp_dir/lm" --lm-weight "$w" --nj "$nj"
-    asr score --ref "$manifests/dev.jsonl" --hyp "$exp_dir/decode-lm$w/dev/hyps.jsonl" --out-dir "$exp_dir/score-lm$w/dev"
+    decode_lm "$w" dev
     local wer; wer=$(wer_of "$exp_dir/score-lm$w/dev/results.json")
     if [ -z "$best" ] || python -c "import sys; sys.exit(not $wer < $best_wer)"; then best=$w; best_wer=$wer; fi
   done
@@ -68,18 +68,12 @@ stage10() {
 }
 
 stage11() {
-  local w; w=$(cat "$exp_dir/lm_weight")
-  for part in test test-voice; do
-    partial_ok asr decode --model "$exp_dir/final" --manifest "$manifests/$part.jsonl" --out-dir "$exp_dir/decode-lm$w/$part" \
-      --beam "$beam" --ctc-weight "$ctc_weight" --lm "$exp_dir/lm" --lm-weight "$w" --nj "$nj"
-  done
+  local w part; w=$(cat "$exp_dir/lm_weight")
+  for part in test test-voice; do decode_lm "$w" "$part"; done
 }
 
 stage12() {
-  local w; w=$(cat "$exp_dir/lm_weight")
-  for part in test test-voice; do
-    asr score --ref "$manifests/$part.jsonl" --hyp "$exp_dir/decode-lm$w/$part/hyps.jsonl" --out-dir "$exp_dir/score-lm$w/$part"
-  done
+  local w part; w=$(cat "$exp_dir/lm_weight")
   for part in $eval_sets; do
     echo "$part: no LM $(cat "$exp_dir/score/$part/summary.md")"
     echo "$part: LM $w $(cat "$exp_dir/score-lm$w/$part/summary.md")"
@@ -92,4 +86,4 @@ run_stage 8 "LM text: WordNet sentences in no evaluation set" stage8
 run_stage 9 "train the LSTM LM" stage9
 run_stage 10 "decode dev with LM fusion, choose the LM weight" stage10
 run_stage 11 "decode test and test-voice with LM fusion" stage11
-run_stage 12 "score" stage12
+run_stage 12 "results with and without the LM" stage12

@@ -4,7 +4,6 @@
 #   local/loso.sh table SCORE_DIR SPLIT...             SCORE_DIR/../LOSO.md: each fold, the mean and the worst
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-source "$here/../../common.sh"
 
 case $1 in
   splits)
