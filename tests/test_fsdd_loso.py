@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 LOCAL = Path(__file__).resolve().parents[1] / "recipes" / "fsdd" / "local"
 
@@ -57,3 +58,28 @@ def test_a_missing_fold_is_an_error_naming_it(tmp_path):
 def test_no_folds_writes_nothing(tmp_path, splits):
     assert _table(tmp_path / "score", *splits).returncode == 0
     assert not (tmp_path / "LOSO.md").exists()
+
+
+def test_loso_quick_with_synthetic_digits_and_zeroshot(tmp_path):
+    """`run.sh --quick --loso --synth-utts N --splits zeroshot` on two speakers: one fold per speaker, the
+    synthetic digits in every fold's training set, the zero-shot split and the fold table."""
+    from test_recipes import _fsdd_layout, _run
+
+    recordings, speakers = _fsdd_layout(tmp_path / "recordings")
+    exp = tmp_path / "exp"
+    _run(REPO / "recipes/fsdd/run.sh", "--quick", "--loso", "--synth-utts", "30", "--splits", "zeroshot",
+         "--fsdd-dir", recordings, "--exp-dir", exp, "--train-jobs", "2", "--nj", "1", timeout=900)
+    exp = Path(f"{exp}-quick")
+    manifests = exp / "data" / "manifests"
+    for held, other in (speakers, speakers[::-1]):
+        train = [json.loads(line) for line in open(manifests / f"loso-{held}" / "train.jsonl")]
+        test = [json.loads(line) for line in open(manifests / f"loso-{held}" / "test.jsonl")]
+        assert {u["speaker"] for u in test} == {held}
+        assert held not in {u["speaker"] for u in train} and other in {u["speaker"] for u in train}
+        assert any(u["audio"].endswith(".flac") for u in train)  # the synthetic digits
+    zs_train = [json.loads(line) for line in open(manifests / "zeroshot" / "train.jsonl")]
+    assert zs_train and not {u["speaker"] for u in zs_train} & set(speakers)
+    assert sum(1 for _ in open(manifests / "zeroshot" / "test.jsonl")) == len(list(recordings.glob("*.wav")))
+    assert (exp / "score" / "zeroshot-official" / "results.json").is_file()
+    table = (exp / "LOSO.md").read_text()
+    assert f"| {speakers[0]} |" in table and f"| {speakers[1]} |" in table and "mean of 2 folds" in table
