@@ -322,6 +322,8 @@ def _add_corpus(sub) -> None:
     s.add_argument("--word-sequences", action="store_true",
                    help="random sequences of --min-words..--max-words words from a --vocab-word vocabulary "
                         "(the most frequent words of the text, homophones removed) instead of its sentences")
+    s.add_argument("--digits", action="store_true",
+                   help="digit words (ZERO..NINE): half alone, half strings of --min-words..--max-words digits")
     s.add_argument("--min-phones", type=_positive_int, default=3,
                    help="--word-sequences: leave out words of fewer phones (default 3: no THE, OF, IN, A)")
     s.add_argument("--noise-snr", type=float, default=None, help="add white noise at this SNR in dB")
@@ -348,7 +350,7 @@ def _run_corpus_synth(args) -> int:
         heldout_voice=args.heldout_voice, train_subset=subsets[0], dev_subset=subsets[1], test_subset=subsets[2],
         voice_subset=args.voice_subset,
         text_file=str(args.text or ""), min_words=args.min_words, max_words=args.max_words, vocab=args.vocab,
-        word_sequences=args.word_sequences, min_phones=args.min_phones,
+        word_sequences=args.word_sequences, min_phones=args.min_phones, digits=args.digits,
         noise_snr=args.noise_snr, reverb_prob=args.reverb_prob, speed_perturb=args.speed_perturb,
         augment_subsets=args.augment_subsets, seed=args.seed, nj=args.nj), "corpus synth flags")
     report = synthesize_corpus(cfg)

@@ -46,6 +46,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.config import to_dict
+from asr.data.digits import digit_strings
 from asr.data.wordseq import word_sequences, word_vocabulary
 from asr.errors import DataError
 from asr.io_utils import atomic_path, atomic_write_text
@@ -103,6 +104,8 @@ class SynthConfig:
     # (asr.data.wordseq) instead of the sentences themselves
     word_sequences: bool = False
     min_phones: int = 3  # word_sequences: leave out words of fewer phones (THE, OF, IN, A)
+    # True: digit words alone and strings of min..max digit words (asr.data.digits) instead of sentences
+    digits: bool = False
     noise_snr: float | None = None  # dB; None = no additive noise
     reverb_prob: float = 0.0
     speed_perturb: str = ""  # e.g. "0.9,1.0,1.1": one factor drawn per utterance
@@ -131,6 +134,8 @@ class SynthConfig:
         speed_factors(self.speed_perturb)
         if self.word_sequences and self.vocab <= 0:
             raise ValueError("word_sequences needs the vocabulary size: vocab > 0")
+        if self.digits and (self.word_sequences or self.text_file):
+            raise ValueError("digits replaces the text: give no text_file and no word_sequences")
 
     @property
     def subsets(self) -> tuple[str, ...]:
@@ -235,6 +240,8 @@ def wordnet_examples(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
 
 def load_sentences(cfg: SynthConfig) -> list[str]:
     """Normalised, de-duplicated, filtered sentences in a seed-independent (sorted) order."""
+    if cfg.digits:
+        return _digit_texts(cfg)
     if cfg.text_file:
         path = Path(cfg.text_file)
         try:
@@ -261,6 +268,11 @@ def load_sentences(cfg: SynthConfig) -> list[str]:
         raise DataError(source, f"no sentence has {cfg.min_words}-{cfg.max_words} words"
                                 + (f" within the {cfg.vocab} most frequent words" if cfg.vocab else ""))
     return keep
+
+
+def _digit_texts(cfg: SynthConfig) -> list[str]:
+    total = sum(_sizes(cfg, (cfg.min_words + cfg.max_words) / 2).values())
+    return digit_strings(math.ceil(total * 1.1) + 3, cfg.min_words, cfg.max_words, seed=cfg.seed)
 
 
 def _word_sequences(cfg: SynthConfig, sentences: list[str]) -> list[str]:

@@ -2,11 +2,20 @@
 # FSDD: real human speech, spoken digits from 6 speakers (CC BY-SA 4.0, github.com/Jakobovski/free-spoken-digit-dataset).
 # Trains on takes 5-44, validates on takes 45-49 and scores the official test split (takes 0-4). A second model
 # trained without one speaker scores that held-out speaker.
+#   --loso         leave-one-speaker-out: six models, each trained without one speaker and scored on
+#                  all of that speaker's files (splits loso-<speaker>, before any --splits given);
+#                  LOSO.md lists the folds, the mean and the worst
+#   --synth-utts N synthesise N digit utterances (training voices: flite and espeak-ng, never Festival)
+#                  and add their training part to every split's training set; split `zeroshot` trains on
+#                  them alone and scores all 3000 real recordings (and the official test takes), e.g.
+#                  run.sh --loso --synth-utts 1500 --splits "official zeroshot"
+#   --train-jobs N train N splits at once (each one single-threaded process)
 #
 # Usage: recipes/fsdd/run.sh [--stage N] [--stop-stage M] [--fsdd-dir DIR] [--holdout-speaker theo]
 #                            [--config conf/train.yaml] [--holdout-config conf/train_holdout.yaml]
 #                            [--exp-dir DIR] [--nj 2] [--quick] [--splits "official holdout"]
 #                            [--speed-perturb 0.9,1.0,1.1]   ("" = no speed perturbation)
+#                            [--loso] [--synth-utts N] [--train-jobs N]
 #   The held-out-speaker model normalises each utterance by its own mean (model.utterance_cmn): a new
 #   speaker's microphone and voice shift the spectrum, and the corpus mean cannot remove that.
 # Stages: 0 data, 1 manifests, 2 features, 3 tokenizer, 4 train, 5 average, 6 decode, 7 score.
@@ -19,17 +28,23 @@ holdout_speaker=theo
 config="$here/conf/train.yaml"
 holdout_config="$here/conf/train_holdout.yaml"
 exp_dir="$here/exp"
-splits="official holdout"
+splits=""  # default "official holdout"; with --loso the six folds, then these
 # Kaldi-style speed perturbation of the training takes, e.g. 0.9,1.0,1.1: each take also at 0.9x and 1.1x
 # speed (pitch and formants move with it). Off by default: measured, it left the held-out speaker at 11.4%.
 speed_perturb=""
+loso=false
+synth_utts=0
+train_jobs=1
 parse_options "$@"
 
 if [ "$quick" = true ]; then
   config="$here/conf/quick.yaml"; holdout_config=$config; exp_dir="$exp_dir-quick"; decode_opts="--beam 4"
 fi
-config_of() { if [ "$1" = holdout ]; then echo "$holdout_config"; else echo "$config"; fi; }
+# Every split but the official one tests speakers never heard in training.
+config_of() { if [ "$1" = official ]; then echo "$config"; else echo "$holdout_config"; fi; }
 data_dir=$exp_dir/data
+if [ "$loso" = true ]; then splits="$("$here/local/loso.sh" splits "$fsdd_dir")$splits"; fi
+splits=${splits:-official holdout}
 done_dir=$exp_dir/.done
 manifests=$data_dir/manifests
 feats=$data_dir/feats
@@ -47,19 +62,33 @@ stage0() {
   fi
   mkdir -p "$data_dir"
   ln -sfn "$(cd "$rec" && pwd)" "$data_dir/recordings"
+  if [ "$synth_utts" -gt 0 ]; then "$here/local/synth_digits.sh" "$data_dir/synth" "$synth_utts" "$nj"; fi
 }
 
 # Each split is train (takes 5-44), dev (takes 45-49) and test: the official takes 0-4, or every take of
-# the held-out speaker, whose files then leave train and dev.
+# the held-out speaker (holdout, loso-<speaker>), whose files then leave train and dev. zeroshot trains
+# and validates on the synthetic digits and tests on all 3000 recordings.
 stage1() {
+  local rec=$data_dir/recordings
   for s in $splits; do
     local holdout=()
-    [ "$s" = holdout ] && holdout=(--holdout-speaker "$holdout_speaker")
+    case $s in
+      holdout) holdout=(--holdout-speaker "$holdout_speaker") ;;
+      loso-*) holdout=(--holdout-speaker "${s#loso-}") ;;
+    esac
     for part in train dev test; do
-      partial_ok asr manifest import fsdd "$data_dir/recordings" --split "$part" "${holdout[@]}" \
-        --out "$manifests/$s/$part.raw.jsonl"
-      validate_manifest "$manifests/$s/$part.raw.jsonl" "$manifests/$s/$part.jsonl"
+      local raw=$manifests/$s/$part.raw.jsonl
+      if [ "$s" = zeroshot ] && [ "$part" != test ]; then
+        mkdir -p "$manifests/$s"; cp "$data_dir/synth/$part.jsonl" "$raw"
+      elif [ "$s" = zeroshot ]; then
+        partial_ok asr manifest import fsdd "$rec" --split all --out "$raw"
+        partial_ok asr manifest import fsdd "$rec" --split test --out "$manifests/$s/official.jsonl"
+      else
+        partial_ok asr manifest import fsdd "$rec" --split "$part" "${holdout[@]}" --out "$raw"
+      fi
+      validate_manifest "$raw" "$manifests/$s/$part.jsonl"
     done
+    if [ "$synth_utts" -gt 0 ] && [ "$s" != zeroshot ]; then cat "$data_dir/synth/train.jsonl" >> "$manifests/$s/train.jsonl"; fi
     if [ -n "$speed_perturb" ]; then
       asr manifest speed-perturb "$manifests/$s/train.jsonl" --out "$manifests/$s/$train_name" \
         --factors "$speed_perturb"
@@ -78,11 +107,23 @@ stage3() {
   asr tokenizer --manifest "$manifests/${splits%% *}/train.jsonl" --out "$lang/tokenizer" --vocab-size 32
 }
 
+train_split() {
+  train_model "$exp_dir/$1" "$(config_of "$1")" "$feats/$1/train/$train_name" "$feats/$1/dev/dev.jsonl" \
+    "$lang" "$feats/$1/train"
+}
+
 stage4() {
+  local s pid failed=0 pids=()
   for s in $splits; do
-    train_model "$exp_dir/$s" "$(config_of "$s")" "$feats/$s/train/$train_name" "$feats/$s/dev/dev.jsonl" \
-      "$lang" "$feats/$s/train"
+    if [ "$train_jobs" -le 1 ]; then train_split "$s"; continue; fi
+    while [ "$(jobs -rp | wc -l)" -ge "$train_jobs" ]; do wait -n || true; done
+    log "training $s in the background (log: $exp_dir/$s/train.log)"
+    mkdir -p "$exp_dir/$s"
+    train_split "$s" > "$exp_dir/$s/train.log" 2>&1 &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done  # bash keeps the status of a reaped job
+  [ "$failed" = 0 ] || { log "training failed for some split; see $exp_dir/*/train.log"; return 1; }
 }
 
 stage5() { for s in $splits; do average_model "$exp_dir/$s"; done; }
@@ -95,6 +136,10 @@ stage7() {
   for s in $splits; do
     score_set "$manifests/$s/test.jsonl" "$exp_dir/decode/$s/hyps.jsonl" "$exp_dir/score/$s"
   done
+  if [[ " $splits " == *" zeroshot "* ]]; then  # the same hypotheses, scored on the official test takes only
+    score_set "$manifests/zeroshot/official.jsonl" "$exp_dir/decode/zeroshot/hyps.jsonl" "$exp_dir/score/zeroshot-official"
+  fi
+  "$here/local/loso.sh" table "$exp_dir/score" $splits
 }
 
 run_stage 0 "link the FSDD recordings" stage0
