@@ -50,6 +50,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the corpus and features here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of this process; 0 = torch's default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment-only", action="store_true",
+                        help="only the augmentation costs (and the train step they are compared with)")
 
 
 # -- corpus -----------------------------------------------------------------------------------------
@@ -129,10 +131,12 @@ def augment_costs(utts: list[Utterance], source: str, rir_cache: Path) -> dict:
     from asr.augment import AugmentConfig, Augmenter
 
     def per_item(ds, keyed: bool) -> float:
-        ds[(0, 0) if keyed else 0]  # warm-up: memory maps, filterbanks, the RIR bank
-        start = time.perf_counter()
+        # warm-up epoch: memory maps, the RIR bank and the banks of warped matrices, built once per run
         for i in range(len(ds)):
             ds[(0, i) if keyed else i]
+        start = time.perf_counter()
+        for i in range(len(ds)):
+            ds[(1, i) if keyed else i]
         return 1000 * (time.perf_counter() - start) / len(ds)
 
     out = {"plain": round(per_item(AsrDataset(utts, None, FeatureConfig(), source=source), False), 3)}
@@ -205,15 +209,18 @@ def run(args) -> dict:
     LogMel(FeatureConfig())  # imports librosa once, outside every timed region
     manifest = workdir / "bench.jsonl"
     write_manifest(manifest, repeated(utts, args.repeat))
-    one = feature_stage(manifest, workdir / "feats1", nj=1)
+    if not args.augment_only:
+        one = feature_stage(manifest, workdir / "feats1", nj=1)
     two = feature_stage(manifest, workdir / "feats", nj=2)
-    results["feature_stage"] = {"nj2": two, "nj1": one, "speedup": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2)}
-    print(f"feature stage: {two['audio_s_per_s']} s/s with nj=2 vs {one['audio_s_per_s']} s/s with nj=1 "
-          f"(x{results['feature_stage']['speedup']}) on {two['audio_s']} s of audio")
+    if not args.augment_only:
+        results["feature_stage"] = {"nj2": two, "nj1": one,
+                                    "speedup": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2)}
+        print(f"feature stage: {two['audio_s_per_s']} s/s with nj=2 vs {one['audio_s_per_s']} s/s with nj=1 "
+              f"(x{results['feature_stage']['speedup']}) on {two['audio_s']} s of audio")
 
     cached = read_manifest(workdir / "feats" / "bench.jsonl")
     loaders = {}
-    for source, workers in LOADERS:
+    for source, workers in [] if args.augment_only else LOADERS:
         rate = loader_rate(cached, source, workers, args.max_duration, args.seed)
         loaders[f"{source}/w{workers}"] = round(rate, 1)
         print(f"loader {source}/w{workers}: {rate:.1f} s audio/s", flush=True)
@@ -246,6 +253,8 @@ def run(args) -> dict:
     for src, fracs in results["augment_over_train_step"].items():
         print(f"  augmentation cost on {src} / train step ({step_ms:.0f} ms per utterance): "
               + ", ".join(f"{k} {v:.1%}" for k, v in fracs.items()))
+    if args.augment_only:
+        return results
     results["loader_over_train_step"] = {k: round(v / consume, 1) for k, v in loaders.items()}
     # With workers, loading overlaps training; with none it adds to every step.
     modelled = {k: 1 / (1 / v + 1 / consume) if k.endswith("/w0") else v for k, v in loaders.items()}

@@ -52,7 +52,8 @@ def coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndar
 
     0 is white, 1 pink, 2 brown (red); negative exponents tilt towards high frequencies (blue). (n,) float32.
     """
-    spec = np.fft.rfft(rng.standard_normal(max(n, 2)))
+    size = 1 << (max(n, 2) - 1).bit_length()  # a power of two: an FFT of a prime length is slow
+    spec = np.fft.rfft(rng.standard_normal(size))
     f = np.arange(spec.size, dtype=np.float64)
     f[0] = 1.0
-    return np.fft.irfft(spec / f ** (exponent / 2), max(n, 2))[:n].astype(np.float32)
+    return np.fft.irfft(spec / f ** (exponent / 2), size)[:n].astype(np.float32)
