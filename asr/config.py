@@ -157,7 +157,11 @@ class ExperimentConfig:
     specaug: SpecAugmentConfig
     model: ModelConfig
     train: TrainConfig
-    augment: AugmentConfig | None = None  # None (a config built before this section existed): the defaults
+    augment: AugmentConfig = None  # type: ignore[assignment]  # None (an older config): the defaults, all off
+
+    def __post_init__(self) -> None:
+        if self.augment is None:
+            object.__setattr__(self, "augment", section_class("augment")())
 
     @classmethod
     def default(cls) -> ExperimentConfig:

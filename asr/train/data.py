@@ -49,7 +49,7 @@ def build_data(exp_config: ExperimentConfig, train_manifest, valid_manifest, tok
         raise ConfigError(train_manifest, "no training utterance is left after filtering "
                           f"(max_utt_seconds={cfg.max_utt_seconds})")
     augment = None
-    if exp_config.augment is not None and exp_config.augment.enabled:
+    if exp_config.augment.enabled:
         from asr.augment import Augmenter
 
         augment = Augmenter(exp_config.augment, exp_config.features, seed=cfg.seed)
