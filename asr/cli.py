@@ -326,6 +326,10 @@ def _add_corpus(sub) -> None:
                    help="digit words (ZERO..NINE): half alone, half strings of --min-words..--max-words digits")
     s.add_argument("--min-phones", type=_positive_int, default=3,
                    help="--word-sequences: leave out words of fewer phones (default 3: no THE, OF, IN, A)")
+    s.add_argument("--wide-voices", action="store_true", default=None,
+                   help="wider pitch and rate ranges for the training voices (see SynthConfig.wide_voices)")
+    s.add_argument("--formant-spread", type=_nonneg_float, default=None,
+                   help="scale each speaker's frequencies by a factor in [1/(1+S), 1+S] (default 0: off)")
     s.add_argument("--noise-snr", type=float, default=None, help="add white noise at this SNR in dB")
     s.add_argument("--reverb-prob", type=_nonneg_float, default=0.0, help="probability of a synthetic room echo")
     s.add_argument("--speed-perturb", default="", help="speed factors drawn per utterance, e.g. 0.9,1.0,1.1")
@@ -333,6 +337,16 @@ def _add_corpus(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--nj", type=_positive_int, default=2, help="parallel synthesis jobs")
     s.set_defaults(func=_run_corpus_synth)
+
+
+def _voice_counts(voices: dict[str, int]) -> str:
+    """``{"flite awb": 3, "espeak-ng en-us+m1": 2, "espeak-ng en-us+f2": 1}`` ->
+    ``"flite awb 3, espeak-ng en-us 3 (2 variants)"``: flite voices one by one, espeak-ng per accent."""
+    groups: dict[str, list[int]] = {}
+    for voice, n in sorted(voices.items()):
+        groups.setdefault(voice.split("+")[0], []).append(n)
+    return ", ".join(f"{g} {sum(ns)}" + (f" ({len(ns)} variants)" if g.startswith("espeak") else "")
+                     for g, ns in groups.items())
 
 
 def _run_corpus_synth(args) -> int:
@@ -351,12 +365,15 @@ def _run_corpus_synth(args) -> int:
         voice_subset=args.voice_subset,
         text_file=str(args.text or ""), min_words=args.min_words, max_words=args.max_words, vocab=args.vocab,
         word_sequences=args.word_sequences, min_phones=args.min_phones, digits=args.digits,
+        **{k: v for k, v in (("wide_voices", args.wide_voices), ("formant_spread", args.formant_spread))
+           if v is not None},
         noise_snr=args.noise_snr, reverb_prob=args.reverb_prob, speed_perturb=args.speed_perturb,
         augment_subsets=args.augment_subsets, seed=args.seed, nj=args.nj), "corpus synth flags")
     report = synthesize_corpus(cfg)
     for subset, n in report.utterances.items():
         print(f"corpus: {args.out / subset}: {n} utterances, {report.seconds[subset] / 3600:.2f} h, "
               f"{report.speakers[subset]} speakers, {report.sentences[subset]} sentences")
+        print(f"corpus: {subset} voices: {_voice_counts(report.voices.get(subset, {}))}")
     print(f"corpus: synthesised {report.synthesized} ({report.synth_audio_seconds:.0f} s of audio, "
           f"{report.speed:.1f} s audio per wall-second), {report.skipped_existing} already on disk, "
           f"{report.wall_seconds:.1f} s in all")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from asr.errors import ConfigError
 
 if TYPE_CHECKING:  # the section modules import this one
+    from asr.augment import AugmentConfig
     from asr.features import FeatureConfig
     from asr.model import ModelConfig
     from asr.specaugment import SpecAugmentConfig
@@ -35,6 +36,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "specaug": ("asr.specaugment", "SpecAugmentConfig"),
     "model": ("asr.model", "ModelConfig"),
     "train": ("asr.train.config", "TrainConfig"),
+    "augment": ("asr.augment", "AugmentConfig"),
 }
 
 
@@ -149,12 +151,17 @@ def replace(obj: Any, where: str = "override", **changes: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """All sections of an experiment: features, specaug, model and train."""
+    """All sections of an experiment: features, specaug, model, train and augment."""
 
     features: FeatureConfig
     specaug: SpecAugmentConfig
     model: ModelConfig
     train: TrainConfig
+    augment: AugmentConfig = None  # type: ignore[assignment]  # None (an older config): the defaults, all off
+
+    def __post_init__(self) -> None:
+        if self.augment is None:
+            object.__setattr__(self, "augment", section_class("augment")())
 
     @classmethod
     def default(cls) -> ExperimentConfig:

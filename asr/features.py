@@ -80,8 +80,26 @@ _MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
 _LOGSTEP = np.log(6.4) / 27.0
 
 
-def mel_matrix(cfg: FeatureConfig) -> np.ndarray:
+def warp_frequencies(hz: np.ndarray | float, alpha: float, cfg: FeatureConfig) -> np.ndarray:
+    """Vocal-tract-length warp of Jaitly and Hinton (2013): ``f -> alpha * f``, piecewise linear.
+
+    Frequencies up to ``F_hi * min(alpha, 1) / alpha`` (``F_hi`` = 0.6 of Nyquist, 4.8 kHz at 16 kHz)
+    are scaled by ``alpha``; above, a second line joins that point to Nyquist, so the band edge stays.
+    """
+    hz = np.asarray(hz, dtype=np.float64)
+    nyquist = cfg.sample_rate / 2
+    knee = 0.6 * nyquist * min(alpha, 1.0)
+    cut = knee / alpha
+    upper = nyquist - (nyquist - knee) / (nyquist - cut) * (nyquist - hz)
+    return np.where(hz <= cut, alpha * hz, upper)
+
+
+def mel_matrix(cfg: FeatureConfig, warp: float = 1.0) -> np.ndarray:
     """Slaney-normalised triangular mel filterbank, equal to ``librosa.filters.mel`` (htk=False, norm="slaney").
+
+    ``warp`` != 1 gives the filterbank of vocal-tract-length perturbation: the energy at frequency ``f``
+    is counted at :func:`warp_frequencies` ``(f, warp)``, as if the speaker's formants were ``warp``
+    times higher.
 
     Computed here rather than by librosa because importing librosa's filters pulls in scipy.signal and
     numba, seconds of start-up for every command that only needs this small matrix.
@@ -90,6 +108,8 @@ def mel_matrix(cfg: FeatureConfig) -> np.ndarray:
         (n_fft // 2 + 1, n_mels) float32, transposed for ``power @ mel``.
     """
     fft_hz = np.fft.rfftfreq(cfg.n_fft, d=1.0 / cfg.sample_rate)
+    if warp != 1.0:
+        fft_hz = warp_frequencies(fft_hz, warp, cfg)
     edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.fmax), cfg.n_mels + 2))
     widths = np.diff(edges)
     ramps = edges[:, None] - fft_hz[None, :]
@@ -100,6 +120,31 @@ def mel_matrix(cfg: FeatureConfig) -> np.ndarray:
     return np.ascontiguousarray(weights.T, dtype=np.float32)
 
 
+def mel_warp_matrix(cfg: FeatureConfig, warp: float) -> np.ndarray:
+    """The VTLP warp applied to log-mel features already computed: ``feats @ M``.
+
+    Band ``b`` (centre ``c_b``) takes the log energy at the frequency that the warp maps onto ``c_b``,
+    interpolated linearly between the two nearest bands (edge bands are held), so that cached features
+    can be warped without their audio.
+
+    Returns:
+        (n_mels, n_mels) float32.
+    """
+    mels = np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.fmax), cfg.n_mels + 2)[1:-1]
+    centres = mel_to_hz(mels)
+    grid = np.linspace(0.0, cfg.sample_rate / 2, 4097)
+    source = np.interp(centres, warp_frequencies(grid, warp, cfg), grid)  # the warp is increasing
+    pos = np.clip(np.interp(hz_to_mel(source), mels, np.arange(cfg.n_mels)), 0, cfg.n_mels - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, cfg.n_mels - 1)
+    frac = pos - lo
+    m = np.zeros((cfg.n_mels, cfg.n_mels), dtype=np.float64)
+    cols = np.arange(cfg.n_mels)
+    np.add.at(m, (lo, cols), 1 - frac)
+    np.add.at(m, (hi, cols), frac)
+    return m.astype(np.float32)
+
+
 class LogMel(nn.Module):
     """Batched log-mel filterbank that is exact under padding.
 
@@ -107,15 +152,16 @@ class LogMel(nn.Module):
     Each row is computed from its own valid samples only, in fixed-size chunks of frames, so an
     utterance gives bit-identical features alone and inside any padded batch, padding costs no FFTs,
     and the working set of a long signal stays in cache. Frames past a row's length are zero.
+    ``warp`` != 1 uses the vocal-tract-length-perturbed filterbank of :func:`mel_matrix`.
     """
 
     chunk_frames = 512  # frames per FFT call: amortises call overhead, keeps the spectrum in L2 cache
 
-    def __init__(self, cfg: FeatureConfig | None = None):
+    def __init__(self, cfg: FeatureConfig | None = None, warp: float = 1.0):
         super().__init__()
         self.cfg = cfg or FeatureConfig()
         c = self.cfg
-        mel = mel_matrix(c)
+        mel = mel_matrix(c, warp)
         # Bins above the last non-zero filter row cost FFT output but no mel energy: leave them out.
         used = np.nonzero(mel.any(axis=1))[0]
         self.n_bins = int(used[-1]) + 1 if used.size else 1

@@ -18,6 +18,12 @@ SS      40   27   2   70   0.2  2
 ``adaptive=True`` switches time masking to the adaptive scheme of Park et al. 2020 ("SpecAugment on
 large scale datasets"): an utterance of ``n`` frames gets ``min(mT, floor(time_mask_multiplicity * n))``
 masks, each at most ``floor(p * n)`` frames wide (no fixed ``T`` cap).
+
+A schedule makes SpecAugment pay within a short training budget: with ``start_step`` and
+``ramp_steps`` the augmentation is off until optimizer step ``start_step`` and then grows linearly to
+full strength over ``ramp_steps`` steps (every width -- W, F, T, p and the adaptive multiplicity --
+scaled by the ramp), so the model first learns to align on clean features, as in the schedules of
+Park et al. 2019 (section 3) and 2020. The training loop reports the step with :func:`set_step`.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ class SpecAugmentConfig:
     adaptive: bool = False  # Park et al. 2020 adaptive time masking (see module docstring)
     time_mask_multiplicity: float = 0.04  # p_M of adaptive masking: masks per frame
     mask_value: float = 0.0  # features are mean-normalised before SpecAugment, so 0 is the mean
+    start_step: int = 0  # schedule: off before this optimizer step
+    ramp_steps: int = 0  # schedule: then linear to full strength over this many steps (0: at once)
 
     def __post_init__(self) -> None:
         if self.policy not in (*POLICIES, "custom", "none"):
@@ -77,6 +85,8 @@ class SpecAugmentConfig:
             raise ValueError(f"time_mask_ratio must be in [0, 1], got {self.time_mask_ratio}")
         if self.time_mask_multiplicity < 0:
             raise ValueError(f"time_mask_multiplicity must be non-negative, got {self.time_mask_multiplicity}")
+        if self.start_step < 0 or self.ramp_steps < 0:
+            raise ValueError("start_step and ramp_steps must be non-negative")
 
     def resolve(self) -> SpecAugmentConfig:
         """Return the effective settings: a "custom" config with a named policy's values filled in.
@@ -99,6 +109,31 @@ class SpecAugmentConfig:
         time = r.num_time_masks > 0 and r.time_mask_ratio > 0 and (r.adaptive or r.time_mask_width > 0)
         return r.time_warp > 0 or freq or time
 
+    def strength(self, step: int | None) -> float:
+        """Schedule factor in [0, 1] at optimizer ``step``; None (no step known) is full strength."""
+        if step is None or step >= self.start_step + self.ramp_steps:
+            return 1.0
+        if step < self.start_step:
+            return 0.0
+        return (step - self.start_step + 1) / (self.ramp_steps + 1)
+
+    def scaled(self, strength: float) -> SpecAugmentConfig:
+        """The resolved settings with every width scaled by ``strength`` (mask counts kept)."""
+        r = self.resolve()
+        if strength >= 1.0:
+            return r
+        return dataclasses.replace(
+            r, time_warp=int(r.time_warp * strength), freq_mask_width=int(r.freq_mask_width * strength),
+            time_mask_width=int(r.time_mask_width * strength), time_mask_ratio=r.time_mask_ratio * strength,
+            time_mask_multiplicity=r.time_mask_multiplicity * strength)
+
+
+def set_step(model: nn.Module, step: int) -> None:
+    """Tell every SpecAugment inside ``model`` the optimizer step, for its schedule."""
+    for m in model.modules():
+        if isinstance(m, SpecAugment):
+            m.set_step(step)
+
 
 class SpecAugment(nn.Module):
     """Time warp, frequency masks and time masks, per utterance, in training mode only.
@@ -109,7 +144,15 @@ class SpecAugment(nn.Module):
 
     def __init__(self, cfg: SpecAugmentConfig | None = None):
         super().__init__()
-        self.cfg = (cfg or SpecAugmentConfig()).resolve()
+        self.full = (cfg or SpecAugmentConfig()).resolve()
+        self.cfg = self.full.scaled(self.full.strength(None))
+        self.step: int | None = None
+
+    def set_step(self, step: int) -> None:
+        """Apply the schedule at optimizer ``step`` (a plain attribute: the trainer sets it every batch)."""
+        if step != self.step:
+            self.step = step
+            self.cfg = self.full.scaled(self.full.strength(step))
 
     def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
         """Augment a padded batch.

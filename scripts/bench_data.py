@@ -15,7 +15,10 @@ Every figure is seconds of audio per wall-clock second on this machine:
    Adam step of the default ``asr.model.LAS`` on batches of ``--train-max-duration`` seconds (peer).
    Without workers loading adds to each step, so training runs at ``1 / (1 + train_rate / loader_rate)``
    of its preloaded speed; with workers loading overlaps training.
-4. ``--end-to-end``: ``--steps`` train steps fed by the loaders, loading and training sharing the cores.
+4. augmentation: milliseconds per utterance of each on-the-fly augmentation (``asr.augment``) on an
+   item of the cached and of the audio source, against the same item unaugmented (peer), and as a
+   fraction of the train step's time for that audio.
+5. ``--end-to-end``: ``--steps`` train steps fed by the loaders, loading and training sharing the cores.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the corpus and features here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of this process; 0 = torch's default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment-only", action="store_true",
+                        help="only the augmentation costs (and the train step they are compared with)")
 
 
 # -- corpus -----------------------------------------------------------------------------------------
@@ -116,6 +121,36 @@ def loader_rate(utts: list[Utterance], source: str, workers: int, max_duration: 
     return seconds / wall
 
 
+AUGMENTATIONS = [("vtlp", dict(vtlp=0.1)), ("speed", dict(speed=0.1)), ("tempo", dict(tempo=0.1)),
+                 ("pitch", dict(pitch=2.0)), ("reverb", dict(reverb_prob=1.0, rir_bank=16)),
+                 ("noise", dict(noise_prob=1.0)), ("babble", dict(babble_prob=1.0))]
+
+
+def augment_costs(utts: list[Utterance], source: str, rir_cache: Path) -> dict:
+    """Milliseconds per item: unaugmented (peer) and with each augmentation alone."""
+    from asr.augment import AugmentConfig, Augmenter
+
+    def per_item(ds, keyed: bool) -> float:
+        # warm-up epoch: memory maps, the RIR bank and the banks of warped matrices, built once per run
+        for i in range(len(ds)):
+            ds[(0, i) if keyed else i]
+        start = time.perf_counter()
+        for i in range(len(ds)):
+            ds[(1, i) if keyed else i]
+        return 1000 * (time.perf_counter() - start) / len(ds)
+
+    out = {"plain": round(per_item(AsrDataset(utts, None, FeatureConfig(), source=source), False), 3)}
+    for name, kw in AUGMENTATIONS:
+        if name == "pitch" and source == "cached":
+            continue  # audio only
+        try:
+            aug = Augmenter(AugmentConfig(rir_cache=str(rir_cache), **kw), FeatureConfig())
+            out[name] = round(per_item(AsrDataset(utts, None, FeatureConfig(), source=source, augment=aug), True), 3)
+        except Exception as e:  # e.g. pyroomacoustics missing: report, measure the rest
+            print(f"augmentation {name}/{source}: unavailable ({e.__class__.__name__}: {e})")
+    return out
+
+
 def _model(tokenizer):
     from asr.model import LAS, ModelConfig
 
@@ -174,19 +209,31 @@ def run(args) -> dict:
     LogMel(FeatureConfig())  # imports librosa once, outside every timed region
     manifest = workdir / "bench.jsonl"
     write_manifest(manifest, repeated(utts, args.repeat))
-    one = feature_stage(manifest, workdir / "feats1", nj=1)
+    if not args.augment_only:
+        one = feature_stage(manifest, workdir / "feats1", nj=1)
     two = feature_stage(manifest, workdir / "feats", nj=2)
-    results["feature_stage"] = {"nj2": two, "nj1": one, "speedup": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2)}
-    print(f"feature stage: {two['audio_s_per_s']} s/s with nj=2 vs {one['audio_s_per_s']} s/s with nj=1 "
-          f"(x{results['feature_stage']['speedup']}) on {two['audio_s']} s of audio")
+    if not args.augment_only:
+        results["feature_stage"] = {"nj2": two, "nj1": one,
+                                    "speedup": round(two["audio_s_per_s"] / one["audio_s_per_s"], 2)}
+        print(f"feature stage: {two['audio_s_per_s']} s/s with nj=2 vs {one['audio_s_per_s']} s/s with nj=1 "
+              f"(x{results['feature_stage']['speedup']}) on {two['audio_s']} s of audio")
 
     cached = read_manifest(workdir / "feats" / "bench.jsonl")
     loaders = {}
-    for source, workers in LOADERS:
+    for source, workers in [] if args.augment_only else LOADERS:
         rate = loader_rate(cached, source, workers, args.max_duration, args.seed)
         loaders[f"{source}/w{workers}"] = round(rate, 1)
         print(f"loader {source}/w{workers}: {rate:.1f} s audio/s", flush=True)
     results["loader_audio_s_per_s"] = loaders
+
+    mean_s = sum(u.duration for u in cached) / len(cached)
+    aug = {source: augment_costs(cached[: len(utts)], source, workdir / "rirs")
+           for source in ("cached", "audio")}
+    results["augment_ms_per_utt"] = aug
+    for source, costs in aug.items():
+        plain = costs["plain"]
+        print(f"augmentation on {source} items ({mean_s:.2f} s each): plain {plain:.2f} ms; "
+              + ", ".join(f"{k} +{v - plain:.2f} ms" for k, v in costs.items() if k != "plain"))
 
     from asr.tokenizer import Tokenizer
 
@@ -199,6 +246,15 @@ def run(args) -> dict:
     consume = train_rate(cached, tok, "cached", 0, args.train_max_duration, args.steps, args.seed, preloaded=True)
     results["train_step_audio_s_per_s"] = round(consume, 2)
     print(f"train step (default LAS, {args.train_max_duration:g} s batches): consumes {consume:.2f} s audio/s")
+    step_ms = 1000 * mean_s / consume  # train-step time of one mean utterance
+    results["augment_over_train_step"] = {
+        src: {k: round((v - costs["plain"]) / step_ms, 4) for k, v in costs.items() if k != "plain"}
+        for src, costs in aug.items()}
+    for src, fracs in results["augment_over_train_step"].items():
+        print(f"  augmentation cost on {src} / train step ({step_ms:.0f} ms per utterance): "
+              + ", ".join(f"{k} {v:.1%}" for k, v in fracs.items()))
+    if args.augment_only:
+        return results
     results["loader_over_train_step"] = {k: round(v / consume, 1) for k, v in loaders.items()}
     # With workers, loading overlaps training; with none it adds to every step.
     modelled = {k: 1 / (1 / v + 1 / consume) if k.endswith("/w0") else v for k, v in loaders.items()}

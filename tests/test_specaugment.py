@@ -182,3 +182,27 @@ def test_warp_distance_bounded_by_w():
     y = time_warp(ramp, torch.full((16,), 400), 10)[..., 0]
     # the largest displacement of any frame is at the warp centre and is at most W frames
     assert float((y - ramp[..., 0]).abs().max()) <= 10 + 1e-4
+
+
+def test_schedule_is_off_then_ramps_to_full_strength():
+    from asr.specaugment import set_step
+
+    cfg = SpecAugmentConfig(policy="custom", time_warp=0, freq_mask_width=20, num_freq_masks=2,
+                            time_mask_width=30, num_time_masks=2, start_step=10, ramp_steps=4)
+    assert [cfg.strength(s) for s in (0, 9, 10, 11, 13, 14, 100)] == [0.0, 0.0, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert cfg.strength(None) == 1.0
+    half = cfg.scaled(0.5)
+    assert (half.freq_mask_width, half.time_mask_width, half.num_freq_masks) == (10, 15, 2)
+    aug = SpecAugment(cfg).train()
+    model = torch.nn.Sequential(aug)
+    feats = torch.randn(3, 200, 40)
+    lengths = torch.tensor([200, 150, 90])
+    set_step(model, 5)
+    assert torch.equal(aug(feats, lengths), feats)  # off before start_step
+    set_step(model, 11)
+    torch.manual_seed(0)
+    early = (aug(feats, lengths) != feats).sum()
+    set_step(model, 50)
+    torch.manual_seed(0)
+    full = (aug(feats, lengths) != feats).sum()
+    assert 0 < early < full  # the same draws, narrower masks

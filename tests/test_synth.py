@@ -271,3 +271,49 @@ def test_cli_synth_with_augmentation(tmp_path, text_file, capsys):
     assert sum(len(import_librispeech(out, s).utterances) for s in ("tr", "dv", "ts")) == 6
     assert main(["corpus", "synth", "--out", str(tmp_path / "c2"), "--speakers", "6", "--utterances", "6",
                  "--text", str(text_file), "--augment-subsets", "train,eval"]) == 2
+
+
+# -- more voices (issue 14): every flite voice but the held-out one, espeak-ng variants, formant scaling --
+
+
+def test_every_flite_voice_but_the_heldout_one_trains(tmp_path, text_file):
+    from asr.data.tts import ESPEAK_VARIANTS
+
+    cfg = SynthConfig(str(tmp_path), utterances=200, text_file=str(text_file), speakers=40, voice_subset="tv",
+                      wide_voices=True, formant_spread=0.15)
+    speakers = plan_speakers(cfg)
+    train = [s for s in speakers if s.subset == cfg.train_subset]
+    assert {s.voice for s in train if s.engine == "flite"} == set(FLITE_VOICES) - {"rms"}
+    assert {s.voice for s in speakers if s.subset == "tv"} == {"rms"}
+    # the held-out voice is never warped; the others are, within the spread
+    assert all(s.formant == 1.0 for s in speakers if s.voice == "rms")
+    warps = [s.formant for s in train]
+    assert len(set(warps)) > 10 and all(1 / 1.15 - 1e-3 <= k <= 1.15 + 1e-3 for k in warps)
+    variants = {s.voice.split("+")[1] if "+" in s.voice else "" for s in train if s.engine == "espeak-ng"}
+    assert variants <= set(ESPEAK_VARIANTS) and len(variants) > 10
+    assert "whisper" not in ESPEAK_VARIANTS and "festival" not in " ".join(s.name for s in speakers)
+
+
+def test_formant_scaling_moves_the_spectrum_and_keeps_the_duration():
+    base = Speaker(100, "M", "train-clean", "flite", "awb", 110, 1.0)
+    plain = render(UttJob("100-1-0000", "x.flac", "SEVEN SEVEN SEVEN", base, 1, False, None, 0.0, ()))
+    high = render(UttJob("100-1-0000", "x.flac", "SEVEN SEVEN SEVEN",
+                         dataclasses.replace(base, formant=1.15), 1, False, None, 0.0, ()))
+    assert high.size / plain.size == pytest.approx(1.0, abs=0.08)
+
+    def centroid(x):
+        spec = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+        return float((np.arange(spec.size) * spec).sum() / spec.sum()) / x.size * 16000
+
+    assert centroid(high) / centroid(plain) == pytest.approx(1.15, abs=0.08)
+
+
+def test_cli_reports_per_voice_counts(tmp_path, text_file, capsys):
+    out = tmp_path / "c"
+    assert main(["corpus", "synth", "--out", str(out), "--text", str(text_file), "--utterances", "12",
+                 "--speakers", "6", "--formant-spread", "0.1", "--wide-voices"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " voices: " in ln]
+    assert len(lines) == 3
+    train = next(ln for ln in lines if "train-clean voices" in ln)
+    counts = [int(n) for n in re.findall(r" (\d+)(?:,| \(|$)", train.split("voices: ")[1])]
+    assert "flite " in train and "espeak-ng " in train and sum(counts) == 12 - 2 * round(12 * 0.1)

@@ -13,6 +13,11 @@ worker, the dataset logs a warning and returns ``{"id": ..., "error": reason}`` 
 (and skip a batch whose items all failed: ``len(batch) == 0``). Errors that concern the whole dataset
 (a missing ``feats`` entry, a shard of the wrong width, a feature config that differs from the one the
 shards were computed with) are raised at construction as :class:`asr.errors.DataError`.
+
+Training augmentation (:mod:`asr.augment`) happens here, per item: a dataset given an
+:class:`asr.augment.Augmenter` is indexed by ``(epoch, index)`` keys, which :func:`make_loader` makes
+from the batch sampler's epoch, and seeds each item's draws from them. Plain integer indices (validation,
+decoding, a dataset without an augmenter) give the features untouched.
 """
 
 from __future__ import annotations
@@ -40,18 +45,26 @@ FEATURE_CONFIG_NAME = "feature_config.json"  # written beside the shards by asr.
 # -- features of one utterance ------------------------------------------------------------------
 
 
-def utterance_features(utt: Utterance, cfg, logmel=None) -> torch.Tensor:
+def utterance_wave(utt: Utterance, cfg) -> np.ndarray:
+    """``utt``'s audio segment at ``cfg.sample_rate`` with its speed factor applied: (samples,) float32."""
+    from asr.audio import change_speed, load_audio
+
+    duration = source_duration(utt) if utt.duration > 0 else None
+    return change_speed(load_audio(utt.audio, sample_rate=cfg.sample_rate, offset=utt.offset, duration=duration),
+                        speed_of(utt))
+
+
+def utterance_features(utt: Utterance, cfg, logmel=None, wave: np.ndarray | None = None) -> torch.Tensor:
     """Load ``utt``'s audio segment and return its log-mel features ``(frames, n_mels)`` float32.
 
     ``logmel`` is an ``asr.features.LogMel(cfg)`` to reuse (building one per call re-creates its
-    filterbank). Raises AudioError on unreadable audio.
+    filterbank). ``wave`` replaces the audio on disk (an augmented copy). Raises AudioError on
+    unreadable audio.
     """
-    from asr.audio import change_speed, load_audio
     from asr.features import LogMel
 
-    duration = source_duration(utt) if utt.duration > 0 else None
-    wave = change_speed(load_audio(utt.audio, sample_rate=cfg.sample_rate, offset=utt.offset, duration=duration),
-                        speed_of(utt))
+    if wave is None:
+        wave = utterance_wave(utt, cfg)
     if logmel is None:
         logmel = LogMel(cfg)
     samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
@@ -125,9 +138,11 @@ class AsrDataset(Dataset):
     tokenizer: encodes each text once here; None gives empty token lists (e.g. for decoding).
     feature_cfg: an ``asr.features.FeatureConfig``.
     source: ``"audio"`` (on-the-fly log-mel) or ``"cached"`` (rows of ``asr features`` shards).
+    augment: an :class:`asr.augment.Augmenter`, applied to items fetched by ``(epoch, index)`` keys.
     """
 
-    def __init__(self, utts: list[Utterance], tokenizer: Tokenizer | None, feature_cfg, source: str = "audio"):
+    def __init__(self, utts: list[Utterance], tokenizer: Tokenizer | None, feature_cfg, source: str = "audio",
+                 augment=None):
         if source not in ("audio", "cached"):
             raise DataError("source", f"must be 'audio' or 'cached', got {source!r}")
         self.utts = list(utts)
@@ -138,6 +153,8 @@ class AsrDataset(Dataset):
         self._specs = _check_shards(self.utts, feature_cfg) if source == "cached" else None
         self._logmel = None
         self._shards: dict[str, np.ndarray] = {}
+        self.augment = augment if augment is not None and augment.cfg.enabled else None
+        self._warped: dict[float, Any] = {}  # VTLP factor -> LogMel with the warped filterbank
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -150,7 +167,7 @@ class AsrDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps and the LogMel module are per process; workers reopen them lazily.
         state = dict(self.__dict__)
-        state["_logmel"], state["_shards"] = None, {}
+        state["_logmel"], state["_shards"], state["_warped"] = None, {}, {}
         return state
 
     def features(self, i: int) -> torch.Tensor:
@@ -167,10 +184,39 @@ class AsrDataset(Dataset):
             self._logmel = LogMel(self.feature_cfg)
         return utterance_features(self.utts[i], self.feature_cfg, self._logmel)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def augmented_features(self, i: int, epoch: int) -> torch.Tensor:
+        """Features of item ``i`` augmented as in ``epoch``: ``(frames', n_mels)`` float32."""
+        from asr.augment import VTLP_STEP
+
+        aug = self.augment
+        rng = aug.rng(epoch, i)
+        if self._specs is not None:
+            return aug.features(self.features(i), rng, self._other_features)
+        from asr.augment import change_tempo
+        from asr.features import LogMel
+
+        wave, alpha, tempo = aug.wave(utterance_wave(self.utts[i], self.feature_cfg), rng, self._other_waves)
+        alpha = round(alpha / VTLP_STEP) * VTLP_STEP  # a bank of at most 2 * vtlp / step filterbanks
+        logmel = self._warped.get(alpha)
+        if logmel is None:
+            logmel = self._warped[alpha] = LogMel(self.feature_cfg, warp=alpha)
+        feats = utterance_features(self.utts[i], self.feature_cfg, logmel, wave=wave)
+        return change_tempo(feats, tempo) if tempo != 1.0 else feats
+
+    def _other_features(self, k: int, rng: np.random.Generator) -> list[torch.Tensor]:
+        return [self.features(int(j)) for j in rng.integers(len(self), size=k)]
+
+    def _other_waves(self, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+        return [utterance_wave(self.utts[int(j)], self.feature_cfg) for j in rng.integers(len(self), size=k)]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         utt = self.utts[i]
         try:
-            feats = self.features(i)
+            if epoch is not None and self.augment is not None:
+                feats = self.augmented_features(i, epoch)
+            else:
+                feats = self.features(i)
         except (AsrError, OSError, ValueError) as e:
             log.warning("skipping %s: %s", utt.id, e)
             return {"id": utt.id, "error": str(e)}
@@ -245,6 +291,25 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+class EpochKeyed:
+    """A batch sampler's batches as ``(epoch, index)`` keys, for a dataset that augments per epoch.
+
+    The epoch is read from ``sampler.epoch`` when iteration starts; everything else (``set_epoch``,
+    ``state_dict``, resume) stays on the wrapped sampler, which the trainer keeps driving.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = int(getattr(self.sampler, "epoch", 0))
+        for batch in self.sampler:
+            yield [(epoch, int(i)) for i in batch]
+
+
 def make_loader(
     dataset: Dataset,
     sampler,
@@ -258,7 +323,10 @@ def make_loader(
     Workers do the loading and log-mel; ``persistent_workers`` keeps them (and their memory maps)
     alive across epochs. The sampler is iterated in the main process, so ``sampler.set_epoch`` and
     ``sampler.load_state_dict`` work with persistent workers. ``num_workers=0`` loads in-process.
+    A dataset with an augmenter gets ``(epoch, index)`` keys (:class:`EpochKeyed`).
     """
+    if getattr(dataset, "augment", None) is not None:
+        sampler = EpochKeyed(sampler)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,

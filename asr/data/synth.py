@@ -20,6 +20,10 @@ With ``word_sequences`` the text is instead random sequences of ``min_words``..`
 from a ``vocab``-word homophone-free vocabulary (:mod:`asr.data.wordseq`), a small-vocabulary task in
 the manner of AN4 or TIDIGITS where every word is heard hundreds of times.
 
+The work is split by concern: :mod:`asr.data.synth_plan` plans the text, the speakers and the
+utterances; :mod:`asr.data.tts` speaks them (the voice catalogue, flite and espeak-ng);
+:mod:`asr.data.effects` holds the audio effects; this module renders each utterance and writes the corpus.
+
 Everything is a function of ``seed``: the speaker plan, the sentence split, and every augmentation
 choice (each utterance seeds its own generator from its id), so a re-run writes byte-identical FLACs
 and can skip utterances already on disk.
@@ -30,13 +34,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
-import random
-import re
-import shutil
-import subprocess
 import time
-import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,30 +43,35 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from asr.audio import resample
 from asr.config import to_dict
-from asr.data.digits import digit_strings
-from asr.data.wordseq import word_sequences, word_vocabulary
+from asr.data.effects import add_noise, reverberate, synthetic_rir
+from asr.data.synth_plan import (
+    MAX_SPEAKERS,
+    WORDNET_DIR,
+    UttJob,
+    load_sentences,
+    plan_corpus,
+    plan_jobs,
+    plan_speakers,
+    speed_factors,
+    split_sentences,
+    subset_sizes,
+    wordnet_examples,
+)
+from asr.data.tts import FLITE_VOICES, Speaker, check_tools, parse_wav, tts
 from asr.errors import DataError
 from asr.io_utils import atomic_path, atomic_write_text
-from asr.text import normalize_librispeech
+
+# The planning and engine names are part of this module's interface (the corpus entry point).
+__all__ = ["FLITE_VOICES", "MAX_SPEAKERS", "Speaker", "SynthConfig", "SynthReport", "UttJob", "augment",
+           "check_tools", "load_sentences", "parse_wav", "plan_corpus", "plan_jobs", "plan_speakers",
+           "render", "speed_factors", "split_sentences", "subset_sizes", "synthesize_corpus", "tts",
+           "wordnet_examples", "write_flac"]
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-WORDNET_DIR = "/usr/share/wordnet"
-WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
-FLITE_VOICES = {"kal16": "M", "awb": "M", "rms": "M", "slt": "F"}
-ESPEAK_VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
-                 "en-gb-x-gbcwmd", "en-us-nyc")
-ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5")
-DEBIAN_PACKAGES = {"flite": "flite", "espeak-ng": "espeak-ng"}
-# Each espeak-ng speaker takes a distinct voice+variant; flite speakers take every other slot.
-MAX_SPEAKERS = 2 * len(ESPEAK_VOICES) * len(ESPEAK_VARIANTS)
-UTTS_PER_CHAPTER = 50
-# Seconds of audio per utterance ~ 0.58 + 0.22 * words (least-squares fit over 100 utterances of the
-# 24 default voices); used only to turn `hours` into an utterance count before synthesis.
-SECONDS_PER_WORD = 0.22
-SECONDS_PER_UTT = 0.58
 CONFIG_FILE = "synth_config.json"
 FAILURES_FILE = "synth_failures.tsv"
 
@@ -106,6 +109,13 @@ class SynthConfig:
     min_phones: int = 3  # word_sequences: leave out words of fewer phones (THE, OF, IN, A)
     # True: digit words alone and strings of min..max digit words (asr.data.digits) instead of sentences
     digits: bool = False
+    # Wider pitch and rate ranges for the training voices (flite F0 75-165 Hz male, 150-245 Hz female,
+    # stretch 0.8-1.3; espeak-ng pitch 5-95, 125-200 wpm) instead of 90-140 / 165-215 Hz, 0.85-1.2,
+    # pitch 25-75, 140-185 wpm. The held-out voice keeps the narrow ranges.
+    wide_voices: bool = False
+    # > 0: every speaker but the held-out voice scales its frequencies by a factor drawn log-uniformly
+    # from [1 / (1 + s), 1 + s] (a shorter or longer vocal tract); 0 = voices as the engines speak them
+    formant_spread: float = 0.0
     noise_snr: float | None = None  # dB; None = no additive noise
     reverb_prob: float = 0.0
     speed_perturb: str = ""  # e.g. "0.9,1.0,1.1": one factor drawn per utterance
@@ -131,6 +141,8 @@ class SynthConfig:
             raise ValueError("reverb_prob must be in [0, 1]")
         if len(set(self.subsets)) != len(self.subsets) or "" in self.subsets[:3]:
             raise ValueError("subset names must differ")
+        if not 0 <= self.formant_spread <= 0.5:
+            raise ValueError(f"formant_spread must be in [0, 0.5], got {self.formant_spread}")
         speed_factors(self.speed_perturb)
         if self.word_sequences and self.vocab <= 0:
             raise ValueError("word_sequences needs the vocabulary size: vocab > 0")
@@ -144,37 +156,6 @@ class SynthConfig:
         return base + (self.voice_subset,) if self.voice_subset else base
 
 
-@dataclass(frozen=True)
-class Speaker:
-    """One synthetic speaker: a TTS voice with a fixed pitch and rate."""
-
-    id: int
-    sex: str
-    subset: str
-    engine: str  # "flite" | "espeak-ng"
-    voice: str
-    pitch: int  # flite: mean F0 in Hz; espeak-ng: -p 0..99
-    rate: float  # flite: duration stretch (>1 slower); espeak-ng: words per minute
-
-    @property
-    def name(self) -> str:
-        return f"{self.engine} {self.voice} pitch {self.pitch} rate {self.rate:g}"
-
-
-@dataclass(frozen=True)
-class UttJob:
-    """One utterance to synthesise: where it goes, what is said, by whom, and its augmentation."""
-
-    utt_id: str
-    path: str
-    text: str
-    speaker: Speaker
-    seed: int
-    augment: bool
-    noise_snr: float | None
-    reverb_prob: float
-    speed_factors: tuple[float, ...]
-
 
 @dataclass
 class SynthReport:
@@ -184,6 +165,7 @@ class SynthReport:
     utterances: dict[str, int] = field(default_factory=dict)  # subset -> utterances on disk
     seconds: dict[str, float] = field(default_factory=dict)  # subset -> audio seconds on disk
     speakers: dict[str, int] = field(default_factory=dict)  # subset -> speakers
+    voices: dict[str, dict[str, int]] = field(default_factory=dict)  # subset -> engine voice -> utterances
     sentences: dict[str, int] = field(default_factory=dict)  # subset -> distinct sentences
     synthesized: int = 0
     skipped_existing: int = 0
@@ -198,306 +180,18 @@ class SynthReport:
         return self.synth_audio_seconds / max(self.synth_wall_seconds, 1e-9)
 
 
-def speed_factors(text: str) -> tuple[float, ...]:
-    """Parse ``"0.9,1.0,1.1"`` into factors; "" means no speed perturbation."""
-    if not text.strip():
-        return ()
-    try:
-        factors = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise ValueError(f"speed_perturb must be comma-separated numbers, got {text!r}") from None
-    if any(not 0.5 <= f <= 2.0 for f in factors):
-        raise ValueError(f"speed_perturb factors must be in [0.5, 2], got {text!r}")
-    return factors
-
 
 # ----------------------------------------------------------------------------------------------
-# Text
+# Rendering one utterance
 # ----------------------------------------------------------------------------------------------
-
-_QUOTED_RE = re.compile(r'"([^"]+)"')
-
-
-def wordnet_examples(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
-    """The quoted example sentences of WordNet's glosses, raw (not normalised)."""
-    folder = Path(wordnet_dir)
-    paths = [folder / name for name in WORDNET_FILES]
-    if not any(p.is_file() for p in paths):
-        raise DataError(folder, "WordNet data files not found; install the Debian package: "
-                                "sudo apt-get install wordnet-base (or pass a text file)")
-    examples = []
-    for path in paths:
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                # License header lines start with two spaces; a gloss follows the "|".
-                if line.startswith("  ") or "|" not in line:
-                    continue
-                examples += _QUOTED_RE.findall(line.split("|", 1)[1])
-    return examples
-
-
-def load_sentences(cfg: SynthConfig) -> list[str]:
-    """Normalised, de-duplicated, filtered sentences in a seed-independent (sorted) order."""
-    if cfg.digits:
-        return _digit_texts(cfg)
-    if cfg.text_file:
-        path = Path(cfg.text_file)
-        try:
-            raw = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise DataError(path, "text file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(path, f"cannot read text file ({e.__class__.__name__})") from None
-    else:
-        raw = wordnet_examples(cfg.wordnet_dir)
-    normalized = sorted({t for t in map(normalize_librispeech, raw) if t})
-    if cfg.word_sequences:
-        return _word_sequences(cfg, normalized)
-    keep = [s for s in normalized if cfg.min_words <= len(s.split()) <= cfg.max_words]
-    if cfg.vocab > 0:
-        # Counted over the sentences of the wanted length, whose top words are what a small model
-        # must learn; over all sentences the top of the list is function words only.
-        counts = Counter(w for s in keep for w in s.split())
-        # Ties are broken alphabetically so the vocabulary does not depend on dict order.
-        top = {w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.vocab]}
-        keep = [s for s in keep if all(w in top for w in s.split())]
-    if not keep:
-        source = cfg.text_file or cfg.wordnet_dir
-        raise DataError(source, f"no sentence has {cfg.min_words}-{cfg.max_words} words"
-                                + (f" within the {cfg.vocab} most frequent words" if cfg.vocab else ""))
-    return keep
-
-
-def _digit_texts(cfg: SynthConfig) -> list[str]:
-    total = sum(_sizes(cfg, (cfg.min_words + cfg.max_words) / 2).values())
-    return digit_strings(math.ceil(total * 1.1) + 3, cfg.min_words, cfg.max_words, seed=cfg.seed)
-
-
-def _word_sequences(cfg: SynthConfig, sentences: list[str]) -> list[str]:
-    vocabulary = word_vocabulary(sentences, cfg.vocab, cfg.min_phones)
-    # Lengths are uniform, so the mean is known before drawing; the margin covers the sizes that
-    # subset_sizes later computes from the drawn sequences, so every utterance gets its own sequence.
-    total = sum(_sizes(cfg, (cfg.min_words + cfg.max_words) / 2).values())
-    return word_sequences(vocabulary, math.ceil(total * 1.1) + 3, cfg.min_words, cfg.max_words, cfg.seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# Plan: speakers, sizes, sentences, utterances
-# ----------------------------------------------------------------------------------------------
-
-
-def subset_sizes(cfg: SynthConfig, sentences: list[str]) -> dict[str, int]:
-    """Utterances per subset, from ``utterances`` or an estimate of ``hours``."""
-    return _sizes(cfg, sum(len(s.split()) for s in sentences) / len(sentences))
-
-
-def _sizes(cfg: SynthConfig, mean_words: float) -> dict[str, int]:
-    total = cfg.utterances or math.ceil(cfg.hours * 3600 / (SECONDS_PER_UTT + SECONDS_PER_WORD * mean_words))
-    dev = cfg.dev_utterances or round(total * cfg.dev_fraction)
-    test = cfg.test_utterances or round(total * cfg.test_fraction)
-    train = total - dev - test
-    if train <= 0:
-        raise DataError("corpus size", f"{total} utterances leave none for training after {dev} dev and {test} test")
-    sizes = {cfg.train_subset: train, cfg.dev_subset: dev, cfg.test_subset: test}
-    if cfg.voice_subset:
-        sizes[cfg.voice_subset] = test
-    return sizes
-
-
-def plan_speakers(cfg: SynthConfig) -> list[Speaker]:
-    """Speakers of the subsets, disjoint; the held-out flite voice speaks only in test (or its own subset)."""
-    rng = random.Random(f"speakers:{cfg.seed}")
-    n_dev = cfg.dev_speakers or max(2, cfg.speakers // 6)
-    n_test = cfg.test_speakers or max(2, cfg.speakers // 6)
-    n_train = cfg.speakers - n_dev - n_test
-    if n_train < 2:
-        raise DataError("speakers", f"{cfg.speakers} speakers leave {n_train} for training")
-    flite_train = [v for v in FLITE_VOICES if v != cfg.heldout_voice]
-    espeak = [(v, var) for v in ESPEAK_VOICES for var in ESPEAK_VARIANTS]
-    rng.shuffle(espeak)
-    speakers: list[Speaker] = []
-    next_id = iter(range(100, 100 + 37 * (cfg.speakers + 1), 37))  # LibriSpeech-like sparse ids
-
-    def flite(voice: str, subset: str) -> Speaker:
-        female = FLITE_VOICES[voice] == "F"
-        f0 = rng.randrange(165, 215, 5) if female else rng.randrange(90, 140, 5)
-        return Speaker(next(next_id), FLITE_VOICES[voice], subset, "flite", voice, f0,
-                       round(rng.uniform(0.85, 1.2), 2))
-
-    def espeak_ng(subset: str) -> Speaker:
-        voice, variant = espeak.pop()
-        sex = "F" if variant.startswith("+f") else "M"
-        return Speaker(next(next_id), sex, subset, "espeak-ng", voice + variant,
-                       rng.randrange(25, 75), rng.randrange(140, 185, 5))
-
-    # Alternate engines so every subset hears both; cycle flite voices so each recurs.
-    for subset, count in ((cfg.train_subset, n_train), (cfg.dev_subset, n_dev), (cfg.test_subset, n_test)):
-        for i in range(count):
-            if subset == cfg.test_subset and i == 0 and not cfg.voice_subset:
-                speakers.append(flite(cfg.heldout_voice, subset))
-            elif i % 2 == 0:
-                speakers.append(flite(flite_train[(i // 2) % len(flite_train)], subset))
-            else:
-                speakers.append(espeak_ng(subset))
-    if cfg.voice_subset:
-        speakers.append(flite(cfg.heldout_voice, cfg.voice_subset))
-    return speakers
-
-
-def split_sentences(cfg: SynthConfig, sentences: list[str], sizes: dict[str, int]) -> dict[str, list[str]]:
-    """Disjoint sentence pools per subset; a pool smaller than its subset is reused in order."""
-    pool = list(sentences)
-    random.Random(f"sentences:{cfg.seed}").shuffle(pool)
-    total = sum(sizes.values())
-    if len(pool) < len(sizes):
-        raise DataError("sentences", f"only {len(pool)} sentences; need at least one per subset")
-    out: dict[str, list[str]] = {}
-    start = 0
-    # Test first, then dev: evaluation sets get distinct sentences; train takes what is left.
-    for name in (cfg.test_subset, cfg.dev_subset) + cfg.subsets[3:]:
-        n = min(sizes[name], max(1, len(pool) * sizes[name] // total))
-        out[name] = pool[start:start + n]
-        start += n
-    out[cfg.train_subset] = pool[start:]
-    return out
-
-
-def plan_jobs(cfg: SynthConfig, speakers: list[Speaker], pools: dict[str, list[str]],
-              sizes: dict[str, int]) -> list[UttJob]:
-    """Every utterance of the corpus: subset, speaker, chapter, text and augmentation seed."""
-    root = Path(cfg.out_dir)
-    factors = speed_factors(cfg.speed_perturb)
-    augmented = {getattr(cfg, f"{s.strip()}_subset") for s in cfg.augment_subsets.split(",") if s.strip()}
-    jobs: list[UttJob] = []
-    chapter_ids = iter(range(1000, 10 ** 6, 13))
-    for subset in cfg.subsets:
-        spk = [s for s in speakers if s.subset == subset]
-        pool, n = pools[subset], sizes[subset]
-        per_speaker = [[] for _ in spk]
-        for i in range(n):
-            j, k = i % len(spk), i // len(spk)
-            # Deal sentences round-robin over speakers; a pool smaller than the subset is cycled whole
-            # before any sentence repeats, and a repeat then goes to another speaker.
-            per_speaker[j].append(pool[i % len(pool)] if len(pool) >= n or len(pool) % len(spk)
-                                  else pool[(i + k) % len(pool)])
-        for s, texts in zip(spk, per_speaker):
-            for c0 in range(0, len(texts), UTTS_PER_CHAPTER):
-                chapter = next(chapter_ids)
-                folder = root / subset / str(s.id) / str(chapter)
-                for k, text in enumerate(texts[c0:c0 + UTTS_PER_CHAPTER]):
-                    uid = f"{s.id}-{chapter}-{k:04d}"
-                    jobs.append(UttJob(uid, str(folder / f"{uid}.flac"), text, s,
-                                       zlib.crc32(f"{cfg.seed}:{uid}".encode()), subset in augmented,
-                                       cfg.noise_snr, cfg.reverb_prob, factors))
-    return jobs
-
-
-# ----------------------------------------------------------------------------------------------
-# Audio: TTS, resampling, augmentation
-# ----------------------------------------------------------------------------------------------
-
-
-def check_tools(engines: set[str]) -> None:
-    """Raise DataError naming the Debian packages to install if a TTS engine is missing."""
-    missing = sorted(DEBIAN_PACKAGES[e] for e in engines if shutil.which(e) is None)
-    if missing:
-        pkgs = " ".join(missing)
-        raise DataError(pkgs, f"text-to-speech not installed; install the Debian package(s) {pkgs}: "
-                              f"sudo apt-get install {pkgs}")
-
-
-def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode 16-bit mono PCM WAV bytes from a TTS pipe.
-
-    espeak-ng writes 0x7fffffff as the chunk sizes when streaming, so the data chunk is taken to
-    run to the end of the bytes instead of trusting its size.
-
-    Returns samples (n,) int16 and the sample rate.
-    """
-    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("TTS output is not a WAV stream")
-    pos = 12
-    rate = 0
-    while pos + 8 <= len(data):
-        tag, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
-        if tag == b"fmt ":
-            channels = int.from_bytes(data[pos + 10:pos + 12], "little")
-            rate = int.from_bytes(data[pos + 12:pos + 16], "little")
-            bits = int.from_bytes(data[pos + 22:pos + 24], "little")
-            if channels != 1 or bits != 16:
-                raise ValueError(f"TTS output is {channels} channels, {bits} bits; expected mono 16-bit")
-        elif tag == b"data":
-            body = data[pos + 8:]
-            body = body[: len(body) - len(body) % 2]
-            return np.frombuffer(body, dtype="<i2"), rate
-        pos += 8 + size + size % 2
-    raise ValueError("TTS output has no data chunk")
-
-
-def tts(text: str, speaker: Speaker) -> tuple[np.ndarray, int]:
-    """Speak ``text`` with ``speaker``'s voice, piping the WAV through memory.
-
-    Returns samples (n,) int16 at the engine's rate (flite 16 kHz, espeak-ng 22050 Hz).
-    """
-    # Lower case: both engines spell out some all-capital words as acronyms.
-    text = text.lower()
-    if speaker.engine == "flite":
-        cmd = ["flite", "-voice", speaker.voice, "--setf", f"duration_stretch={speaker.rate:g}",
-               "--setf", f"int_f0_target_mean={speaker.pitch}", "-t", text, "-o", "/dev/stdout"]
-        stdin = None
-    else:
-        cmd = ["espeak-ng", "-v", speaker.voice, "-p", str(speaker.pitch), "-s", str(int(speaker.rate)),
-               "--stdout"]
-        stdin = text.encode()
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"{speaker.engine} exited with {proc.returncode}: {err[-1] if err else ''}")
-    samples, rate = parse_wav(proc.stdout)
-    if samples.size == 0:
-        raise RuntimeError(f"{speaker.engine} produced no audio")
-    return samples, rate
-
-
-def resample(wave: np.ndarray, rate_in: float, rate_out: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample (n,) float32 from ``rate_in`` to ``rate_out`` (soxr, deterministic)."""
-    if rate_in == rate_out:
-        return wave
-    import soxr
-
-    return soxr.resample(wave, rate_in, rate_out, quality="HQ").astype(np.float32)
-
-
-def synthetic_rir(rng: np.random.Generator, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A room impulse response: a direct path then exponentially decaying noise. Shape (n,)."""
-    rt60 = rng.uniform(0.2, 0.7)
-    t = np.arange(int(rt60 * rate)) / rate
-    tail = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
-    delay = int(rng.uniform(0.002, 0.01) * rate)  # first reflection after the direct sound
-    rir = np.zeros(t.size + delay, dtype=np.float64)
-    rir[0] = 1.0
-    rir[delay:] += 0.3 * tail / max(np.abs(tail).max(), 1e-9)
-    return (rir / np.sqrt(np.sum(rir ** 2))).astype(np.float32)
-
-
-def _fft_convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # numpy rather than scipy.signal, whose import alone takes seconds on a busy machine.
-    n = a.size + b.size - 1
-    nfft = 1 << (n - 1).bit_length()
-    return np.fft.irfft(np.fft.rfft(a, nfft) * np.fft.rfft(b, nfft), nfft)[:n].astype(np.float32)
 
 
 def augment(wave: np.ndarray, job: UttJob, rng: np.random.Generator) -> np.ndarray:
     """Reverberation then additive white noise at ``job.noise_snr`` dB. (n,) float32 -> (n,)."""
-    power = float(np.mean(wave ** 2)) + 1e-12
     if job.reverb_prob > 0 and rng.random() < job.reverb_prob:
-        wet = _fft_convolve(wave, synthetic_rir(rng))[: wave.size]
-        wave = (wet * np.sqrt(power / (np.mean(wet ** 2) + 1e-12))).astype(np.float32)
+        wave = reverberate(wave, synthetic_rir(rng))
     if job.noise_snr is not None:
-        noise = rng.standard_normal(wave.size).astype(np.float32)
-        wave = wave + noise * np.float32(np.sqrt(power / 10 ** (job.noise_snr / 10)))
+        wave = add_noise(wave, rng.standard_normal(wave.size).astype(np.float32), job.noise_snr)
     return wave
 
 
@@ -510,7 +204,7 @@ def render(job: UttJob) -> np.ndarray:
     if job.augment and job.speed_factors:
         factor = job.speed_factors[rng.integers(len(job.speed_factors))]
     # Speed perturbation as in Kaldi (tempo and pitch together): pretend the rate was rate*factor.
-    wave = resample(wave, rate * factor)
+    wave = resample(wave, rate * factor, SAMPLE_RATE)
     if job.augment and (job.reverb_prob > 0 or job.noise_snr is not None):
         wave = augment(wave, job, rng)
     peak = float(np.abs(wave).max())
@@ -604,14 +298,6 @@ def write_transcripts(jobs: list[UttJob], ok: set[str]) -> None:
             atomic_write_text(folder / f"{folder.parent.name}-{folder.name}.trans.txt", "\n".join(lines) + "\n")
 
 
-def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], list[UttJob]]:
-    """The whole corpus as a plan (speakers and utterances), a pure function of ``cfg``."""
-    speakers = plan_speakers(cfg)
-    sentences = load_sentences(cfg)
-    sizes = subset_sizes(cfg, sentences)
-    return speakers, plan_jobs(cfg, speakers, split_sentences(cfg, sentences, sizes), sizes)
-
-
 def _existing_durations(jobs: list[UttJob]) -> tuple[dict[str, float], list[tuple[str, str]]]:
     durations, failures = {}, []
     for job in jobs:
@@ -632,6 +318,9 @@ def _tally(cfg: SynthConfig, report: SynthReport, speakers: list[Speaker], jobs:
             spk_seconds[job.speaker.id] += durations[job.utt_id]
             report.utterances[subset] = report.utterances.get(subset, 0) + 1
             report.seconds[subset] = report.seconds.get(subset, 0.0) + durations[job.utt_id]
+            voices = report.voices.setdefault(subset, {})
+            voice = f"{job.speaker.engine} {job.speaker.voice}"
+            voices[voice] = voices.get(voice, 0) + 1
     for subset in cfg.subsets:
         report.speakers[subset] = sum(1 for s in speakers if s.subset == subset)
         report.sentences[subset] = len({j.text for j in jobs if j.speaker.subset == subset})

@@ -48,7 +48,12 @@ def build_data(exp_config: ExperimentConfig, train_manifest, valid_manifest, tok
     if not kept:
         raise ConfigError(train_manifest, "no training utterance is left after filtering "
                           f"(max_utt_seconds={cfg.max_utt_seconds})")
-    train_set = AsrDataset(kept, tokenizer, exp_config.features, source=cfg.feature_source)
+    augment = None
+    if exp_config.augment.enabled:
+        from asr.augment import Augmenter
+
+        augment = Augmenter(exp_config.augment, exp_config.features, seed=cfg.seed)
+    train_set = AsrDataset(kept, tokenizer, exp_config.features, source=cfg.feature_source, augment=augment)
     sampler = DynamicBucketSampler(train_set.durations, cfg.max_duration, cfg.num_buckets, shuffle=True,
                                    seed=cfg.seed, rank=d.rank, world_size=d.world_size)
     loader = make_loader(train_set, sampler, num_workers=cfg.num_workers, pin_memory=d.device.type == "cuda")

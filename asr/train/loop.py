@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from asr import checkpoint as ckpt
 from asr.config import ExperimentConfig
 from asr.errors import ConfigError, TrainingDivergedError
 from asr.io_utils import atomic_write_text
+from asr.specaugment import set_step as set_specaug_step
 from asr.train.checkpoints import (
     remove_stale_temporaries,
     restore_training_checkpoint,
@@ -133,6 +135,7 @@ def train_step(run: Run, batch, micro: int, sync: bool) -> dict[str, float] | No
         st.skipped_batches += 1
         return None
     weight = d.world_size * len(batch) / global_count(len(batch), d) / micro
+    set_specaug_step(run.ctx.model, st.step)  # the SpecAugment schedule
     stats = forward_backward_guarded(run.ctx, batch, weight, sync)
     run.synced = run.synced or (sync and stats is not None and stats != "oom")
     if stats == "oom":
@@ -337,7 +340,7 @@ def _resolve_config(exp_config: ExperimentConfig, tokenizer) -> ExperimentConfig
     from asr.config import replace
 
     model_cfg = replace(exp_config.model, "model", vocab_size=tokenizer.vocab_size, n_mels=exp_config.features.n_mels)
-    return ExperimentConfig(exp_config.features, exp_config.specaug, model_cfg, exp_config.train)
+    return replace_fields(exp_config, model=model_cfg)
 
 
 def _progress(total: int, initial: int, d: Dist):

@@ -34,7 +34,8 @@ else
   # measured, natural sentences from a few thousand words let the speller memorise sentences instead of
   # learning words (test WER 52%), and 300 words left each word too few examples (22%).
   synth_opts="--hours 4.5 --dev-utterances 400 --test-utterances 400 --speakers 100 --dev-speakers 6
-              --test-speakers 6 --min-words 2 --max-words 8 --vocab 150 --word-sequences --speed-perturb 0.9,1.0,1.1"
+              --test-speakers 6 --min-words 2 --max-words 8 --vocab 150 --word-sequences --speed-perturb 0.9,1.0,1.1
+              --wide-voices --formant-spread 0.15"
   vocab_size=256
   config=${config:-$here/conf/train.yaml}
 fi
