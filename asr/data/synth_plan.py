@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asr.data.tts import ESPEAK_VARIANTS, ESPEAK_VOICES, FLITE_VOICES, Speaker
 from asr.data.digits import digit_strings
+from asr.data.tts import ESPEAK_VARIANTS, ESPEAK_VOICES, FLITE_VOICES, Speaker
 from asr.data.wordseq import word_sequences, word_vocabulary
 from asr.errors import DataError
 from asr.text import normalize_librispeech
