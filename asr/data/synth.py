@@ -48,7 +48,7 @@ from asr.config import to_dict
 from asr.data.effects import add_noise, reverberate, synthetic_rir
 from asr.data.synth_plan import (
     MAX_SPEAKERS,
-    WORDNET_DIR,
+    SynthConfig,
     UttJob,
     load_sentences,
     plan_corpus,
@@ -74,87 +74,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 CONFIG_FILE = "synth_config.json"
 FAILURES_FILE = "synth_failures.tsv"
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """How to synthesise a corpus. Sizes: ``utterances`` wins over ``hours``; one must be > 0."""
-
-    out_dir: str
-    utterances: int = 0
-    hours: float = 0.0
-    dev_fraction: float = 0.1
-    test_fraction: float = 0.1
-    dev_utterances: int = 0  # > 0 overrides dev_fraction
-    test_utterances: int = 0  # > 0 overrides test_fraction
-    speakers: int = 24  # total over the three subsets
-    dev_speakers: int = 0  # 0: max(2, speakers // 6)
-    test_speakers: int = 0  # 0: max(2, speakers // 6)
-    heldout_voice: str = "rms"  # flite voice heard only in test
-    train_subset: str = "train-clean"
-    dev_subset: str = "dev-clean"
-    test_subset: str = "test-clean"
-    # A fourth subset spoken only by ``heldout_voice`` (e.g. "test-voice"); "" = that voice is one of
-    # the test speakers. Separate, the test set measures unseen speakers of the training voices and this
-    # one a voice never heard, as LibriSpeech's test-clean and test-other separate easy and hard speakers.
-    voice_subset: str = ""
-    text_file: str = ""  # one sentence per line; "" = WordNet examples
-    wordnet_dir: str = WORDNET_DIR
-    min_words: int = 1
-    max_words: int = 30
-    vocab: int = 0  # > 0: keep sentences whose words are all among the N most frequent
-    # True: random sequences of min..max words from a ``vocab``-word homophone-free vocabulary
-    # (asr.data.wordseq) instead of the sentences themselves
-    word_sequences: bool = False
-    min_phones: int = 3  # word_sequences: leave out words of fewer phones (THE, OF, IN, A)
-    # True: digit words alone and strings of min..max digit words (asr.data.digits) instead of sentences
-    digits: bool = False
-    # Wider pitch and rate ranges for the training voices (flite F0 75-165 Hz male, 150-245 Hz female,
-    # stretch 0.8-1.3; espeak-ng pitch 5-95, 125-200 wpm) instead of 90-140 / 165-215 Hz, 0.85-1.2,
-    # pitch 25-75, 140-185 wpm. The held-out voice keeps the narrow ranges.
-    wide_voices: bool = False
-    # > 0: every speaker but the held-out voice scales its frequencies by a factor drawn log-uniformly
-    # from [1 / (1 + s), 1 + s] (a shorter or longer vocal tract); 0 = voices as the engines speak them
-    formant_spread: float = 0.0
-    noise_snr: float | None = None  # dB; None = no additive noise
-    reverb_prob: float = 0.0
-    speed_perturb: str = ""  # e.g. "0.9,1.0,1.1": one factor drawn per utterance
-    augment_subsets: str = "train"  # which subsets (train/dev/test) get the augmentation
-    seed: int = 0
-    nj: int = 2
-
-    def __post_init__(self):
-        if self.utterances <= 0 and self.hours <= 0:
-            raise ValueError("give a corpus size: utterances > 0 or hours > 0")
-        if not 6 <= self.speakers <= MAX_SPEAKERS:  # 20+ for a real corpus; tests use a handful
-            raise ValueError(f"speakers must be in [6, {MAX_SPEAKERS}], got {self.speakers}")
-        if not set(self.augment_subsets.replace(" ", "").split(",")) <= {"train", "dev", "test", ""}:
-            raise ValueError(f"augment_subsets must list train, dev and/or test, got {self.augment_subsets!r}")
-        if not 0 <= self.dev_fraction < 1 or not 0 <= self.test_fraction < 1 \
-                or self.dev_fraction + self.test_fraction >= 1:
-            raise ValueError("dev_fraction and test_fraction must be in [0, 1) and sum below 1")
-        if self.heldout_voice not in FLITE_VOICES:
-            raise ValueError(f"heldout_voice must be one of {', '.join(FLITE_VOICES)}")
-        if not 1 <= self.min_words <= self.max_words:
-            raise ValueError("need 1 <= min_words <= max_words")
-        if not 0 <= self.reverb_prob <= 1:
-            raise ValueError("reverb_prob must be in [0, 1]")
-        if len(set(self.subsets)) != len(self.subsets) or "" in self.subsets[:3]:
-            raise ValueError("subset names must differ")
-        if not 0 <= self.formant_spread <= 0.5:
-            raise ValueError(f"formant_spread must be in [0, 0.5], got {self.formant_spread}")
-        speed_factors(self.speed_perturb)
-        if self.word_sequences and self.vocab <= 0:
-            raise ValueError("word_sequences needs the vocabulary size: vocab > 0")
-        if self.digits and (self.word_sequences or self.text_file):
-            raise ValueError("digits replaces the text: give no text_file and no word_sequences")
-
-    @property
-    def subsets(self) -> tuple[str, ...]:
-        """Subset folder names: train, dev, test and the held-out voice's when there is one."""
-        base = (self.train_subset, self.dev_subset, self.test_subset)
-        return base + (self.voice_subset,) if self.voice_subset else base
-
 
 
 @dataclass
