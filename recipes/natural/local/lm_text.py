@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from asr.data.manifest import read_manifest
-from asr.data.synth import WORDNET_DIR, wordnet_examples
+from asr.data.synth_plan import WORDNET_DIR, wordnet_examples
 from asr.errors import AsrError
 from asr.io_utils import atomic_write_text
 from asr.text import normalize_librispeech
