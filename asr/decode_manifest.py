@@ -140,13 +140,9 @@ def _decode_shard_worker(model_dir: str, utts: list, options: DecodeOptions, run
 def _load_lm_for(run: DecodeRunConfig, tokenizer: Any, device: str) -> Any:
     if not run.lm_dir:
         return None
-    from asr.errors import ConfigError
-    from asr.lm import load_lm, same_vocabulary
+    from asr.lm import load_fusion_lm
 
-    lm, lm_tok = load_lm(run.lm_dir, map_location=device)
-    if not same_vocabulary(lm_tok, tokenizer):
-        raise ConfigError(run.lm_dir, "the LM's tokenizer differs from the ASR model's tokenizer")
-    return lm
+    return load_fusion_lm(run.lm_dir, tokenizer, device)
 
 
 def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig, device: str,

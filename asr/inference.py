@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from asr.decoding import DecodeOptions, Hypothesis, search
@@ -86,12 +87,45 @@ class Recognizer:
         return enc, enc_lengths.cpu(), ctc
 
     def decode(self, enc: torch.Tensor, enc_lengths: torch.Tensor, options: DecodeOptions | None = None,
-               lm: Any = None) -> list[list[Hypothesis]]:
+               lm: Any = None, context: Any = None) -> list[list[Hypothesis]]:
         """Search encoder output enc (batch, T', D), enc_lengths (batch,) with :func:`asr.decoding.search`.
 
-        Returns per row up to ``options.nbest`` hypotheses, best first. ``lm``: an LM for fusion or None.
+        Returns per row up to ``options.nbest`` hypotheses, best first. ``lm``: an LM for fusion or None;
+        ``context``: an :class:`asr.context.ContextGraph` of hotwords or None.
         """
-        return search(self.model, enc, enc_lengths, options or DecodeOptions(), lm)
+        return search(self.model, enc, enc_lengths, options or DecodeOptions(), lm, context)
+
+    @torch.inference_mode()
+    def token_confidences(self, enc: torch.Tensor, enc_lengths: torch.Tensor, tokens: list[list[int]],
+                          ctc: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Posterior probability of each output token, for confidence.
+
+        enc: (batch, T', D), enc_lengths: (batch,); tokens: one hypothesis per row (no SOS/EOS); ctc:
+        (batch, T', V) CTC log-probs, needed only by a model without a speller. With a speller, a
+        token's confidence is the speller's probability of it given the audio and the tokens before it
+        (one teacher-forced pass over the chosen hypothesis); a pure-CTC model uses the mean CTC
+        posterior of the token over the frames its forced alignment gives it. Returns per row an array
+        (len(tokens) + 1,) float: the tokens' probabilities, then EOS's (1.0 for CTC).
+        """
+        from asr.align import ctc_token_posteriors
+        from asr.tokenizer import EOS_ID, SOS_ID
+
+        if self.model.decoder is None:
+            if ctc is None:
+                raise ValueError("a model without a speller needs CTC log-probs for confidences")
+            return [np.append(ctc_token_posteriors(ctc[i, : int(enc_lengths[i])].numpy(), t), 1.0)
+                    for i, t in enumerate(tokens)]
+        width = max(len(t) for t in tokens) + 1
+        inputs = torch.full((len(tokens), width), EOS_ID, dtype=torch.long)
+        targets = torch.full((len(tokens), width), EOS_ID, dtype=torch.long)
+        for i, t in enumerate(tokens):
+            inputs[i, 0] = SOS_ID
+            inputs[i, 1 : len(t) + 1] = torch.tensor(t, dtype=torch.long)
+            targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        logits, _ = self.model.decoder(enc, enc_lengths.to(enc.device), inputs.to(enc.device))
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        picked = logp.gather(2, targets[:, :, None])[:, :, 0].exp().double().numpy()
+        return [picked[i, : len(t) + 1] for i, t in enumerate(tokens)]
 
     def decode_batch(self, inputs: torch.Tensor, lengths: torch.Tensor, options: DecodeOptions | None = None,
                      lm: Any = None) -> list[list[Hypothesis]]:

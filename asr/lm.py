@@ -268,3 +268,16 @@ def load_lm(model_dir: str | Path, map_location: str | torch.device = "cpu") -> 
 def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
     """True when two tokenizers map every id to the same piece (so an LM fits an ASR model)."""
     return a.vocab_size == b.vocab_size and all(a.id_to_piece(i) == b.id_to_piece(i) for i in range(a.vocab_size))
+
+
+def load_fusion_lm(lm_dir: str | Path, tokenizer: Tokenizer, map_location: str | torch.device = "cpu") -> LSTMLM:
+    """Load an LM folder for shallow fusion with an ASR model that uses ``tokenizer``.
+
+    Raises ConfigError when the LM was trained over other pieces (its scores would be of other tokens).
+    """
+    from asr.errors import ConfigError
+
+    lm, lm_tok = load_lm(lm_dir, map_location=map_location)
+    if not same_vocabulary(lm_tok, tokenizer):
+        raise ConfigError(str(lm_dir), "the LM's tokenizer differs from the ASR model's tokenizer")
+    return lm

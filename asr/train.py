@@ -991,11 +991,11 @@ def _init_run(exp_config, d: Dist):
 
 def write_model_dirs(trainer: Trainer, exp_config, tokenizer, exp_dir: Path) -> tuple[Path, Path | None]:
     """Write ``exp/final`` (last weights) and ``exp/average`` (best ``average_n`` averaged, if > 1)."""
-    final = ckpt.save_model_dir(exp_dir / "final", trainer.ctx.model, exp_config, tokenizer)
+    final = ckpt.save_model_dir(exp_dir / "final", trainer.ctx.model, exp_config, tokenizer, exp_dir)
     best = trainer.state.best[: trainer.cfg.average_n]
     if trainer.cfg.average_n > 1 and len(best) > 1:
         state = ckpt.average_checkpoints([exp_dir / "best" / e["path"] for e in best])
-        return final, ckpt.save_model_dir(exp_dir / "average", state, exp_config, tokenizer)
+        return final, ckpt.save_model_dir(exp_dir / "average", state, exp_config, tokenizer, exp_dir)
     return final, None
 
 
@@ -1040,6 +1040,10 @@ def _train(exp_config, train_manifest, valid_manifest, tokenizer, exp_dir, resum
         if resume_from is None:
             raise ConfigError(exp_dir / "checkpoints", "--resume given but no intact checkpoint found")
     data = build_data(exp_config, train_manifest, valid_manifest, tokenizer, d)
+    if d.is_main:
+        from asr.model_card import write_data_summary
+
+        write_data_summary(exp_dir, train_manifest)
     if d.is_main and data.filtered:
         atomic_write_text(exp_dir / "filtered.tsv", "".join(f"{u}\t{r}\n" for u, r in data.filtered))
     mean, std = load_or_compute_cmvn(exp_config, data.train_set, exp_dir, cmvn_path, d)
@@ -1108,4 +1112,4 @@ def average_model(exp_dir, n: int, mode: str, out_dir) -> Path:
     state = ckpt.average_checkpoints(paths)
     tokenizer = Tokenizer.load(exp_dir / "tokenizer.model")
     log.info("averaged %d checkpoints: %s", len(paths), ", ".join(p.name for p in paths))
-    return ckpt.save_model_dir(out_dir, state, exp_config, tokenizer)
+    return ckpt.save_model_dir(out_dir, state, exp_config, tokenizer, exp_dir)

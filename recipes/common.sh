@@ -158,8 +158,9 @@ score_set() {
 }
 
 # show_results EXP "SETS" CONFIG: the WER table of EXP/score/<set> for each set, printed and written to
-# EXP/RESULTS.md.
+# EXP/RESULTS.md, and into the model card EXP/final/README.md.
 show_results() {
   # shellcheck disable=SC2086
   asr results --exp-dir "$1" --sets $2 --config "$3" --out "$1/RESULTS.md"
+  asr model-card "$1/final" --results "$1/RESULTS.md"
 }
