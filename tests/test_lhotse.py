@@ -58,9 +58,9 @@ def test_lhotse_reads_our_cuts_and_we_read_its_own(tiny_corpus, tmp_path):
                          supervisions=[lhotse.SupervisionSegment(id="w", recording_id="web", start=0, duration=1,
                                                                  text="no")])
     (own + lhotse.CutSet.from_cuts([bad])).to_file(tmp_path / "own.jsonl")
-    result = import_lhotse(tmp_path / "own.jsonl")
-    assert [(u.text, u.speaker) for u in result.utterances] == [("GO UP", "spk")]
-    assert result.failures == [("web-cut", "audio must be one file (got source type url)")]
+    utts, failures = import_lhotse(tmp_path / "own.jsonl")
+    assert [(u.text, u.speaker) for u in utts] == [("GO UP", "spk")]
+    assert failures == [("web-cut", "audio must be one file (got source type url)")]
 
 
 def test_bad_cutset_is_one_line_error(tmp_path, capsys):

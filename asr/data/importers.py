@@ -366,7 +366,7 @@ def import_manifest(cfg: ImportConfig) -> ImportResult:
     elif cfg.kind == "lhotse":
         from asr.data.lhotse_io import import_lhotse
 
-        result = import_lhotse(cfg.source, cfg.normalize)
+        result = ImportResult(*import_lhotse(cfg.source, cfg.normalize))
     else:
         result = import_tsv(cfg.source, cfg.normalize)
     if not result.utterances:

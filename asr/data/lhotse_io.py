@@ -25,10 +25,12 @@ def _lhotse():
     return lhotse
 
 
-def import_lhotse(path: str | Path, normalize: bool = True):
-    """Read a CutSet file (``.jsonl`` or ``.jsonl.gz``) into an :class:`asr.data.importers.ImportResult`."""
-    from asr.data.importers import ImportResult, _text
+def import_lhotse(path: str | Path, normalize: bool = True) -> tuple[list[Utterance], list[tuple[str, str]]]:
+    """Read a CutSet file (``.jsonl`` or ``.jsonl.gz``): ``(utterances, [(cut id, reason)] skipped)``.
 
+    Transcripts are normalised as the other importers do (:func:`asr.text.normalize_librispeech`)
+    unless ``normalize=False``. Raises DataError when the file is missing or is not a CutSet.
+    """
     lhotse = _lhotse()
     try:
         cuts = lhotse.CutSet.from_file(path)
@@ -37,16 +39,18 @@ def import_lhotse(path: str | Path, normalize: bool = True):
         raise DataError(str(path), "no such file") from None
     except Exception as e:  # lhotse raises plain exceptions (KeyError, ValueError, json errors) on bad input
         raise DataError(str(path), f"not a lhotse CutSet: {type(e).__name__}: {e}") from None
-    result = ImportResult()
+    utts, failures = [], []
     for cut in cut_list:
         try:
-            result.utterances.append(_cut_to_utterance(cut, normalize, _text))
+            utts.append(_cut_to_utterance(cut, normalize))
         except DataError as e:
-            result.failures.append((e.what, e.reason))
-    return result
+            failures.append((e.what, e.reason))
+    return utts, failures
 
 
-def _cut_to_utterance(cut, normalize: bool, text_of) -> Utterance:
+def _cut_to_utterance(cut, normalize: bool) -> Utterance:
+    from asr.text import normalize_librispeech
+
     recording = getattr(cut, "recording", None)
     if recording is None:
         raise DataError(cut.id, "cut has no recording")
@@ -58,7 +62,8 @@ def _cut_to_utterance(cut, normalize: bool, text_of) -> Utterance:
     if not audio.is_file():
         raise DataError(cut.id, f"audio file not found: {audio}")
     sups = sorted(cut.supervisions, key=lambda s: s.start)
-    text = text_of(" ".join(s.text or "" for s in sups), normalize)
+    text = " ".join(" ".join(s.text or "" for s in sups).split())
+    text = normalize_librispeech(text) if normalize else text
     if not text:
         raise DataError(cut.id, "no transcript in the cut's supervisions")
     speaker = next((s.speaker for s in sups if s.speaker), "")
