@@ -133,8 +133,12 @@ class ContextGraph:
 
     @classmethod
     def from_hotwords(cls, hotwords: list[Hotword], tokenizer: Tokenizer, vocab_size: int | None = None,
-                      normalize=str.upper) -> ContextGraph:
-        """Build from phrases: each is normalised like the training text (upper case) and encoded."""
+                      normalize=None) -> ContextGraph:
+        """Build from phrases: each is normalised like imported transcripts (default
+        :func:`asr.text.normalize_librispeech`: upper case, numbers spelled out) and encoded."""
+        from asr.text import normalize_librispeech
+
+        normalize = normalize or normalize_librispeech
         vocab = vocab_size or tokenizer.vocab_size
         seqs = [tokenizer.encode(normalize(h.phrase)) for h in hotwords]
         return cls(seqs, [h.weight for h in hotwords], vocab)
