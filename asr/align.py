@@ -105,15 +105,18 @@ def word_alignment(
     spans = ctc_forced_align(log_probs, tokens)
     if not spans:
         return []
-    words: list[tuple[str, float, float, list[int]]] = []
-    group: list[int] = []
-    for i, tok in enumerate(tokens):
-        if group and tokenizer.id_to_piece(tok).startswith(WORD_BOUNDARY):
-            words.append(_word(group, tokens, spans, tokenizer, frame_seconds, offset))
-            group = []
-        group.append(i)
-    words.append(_word(group, tokens, spans, tokenizer, frame_seconds, offset))
+    words = [_word(group, tokens, spans, tokenizer, frame_seconds, offset) for group in word_groups(tokens, tokenizer)]
     return [w for w in words if w[0]]
+
+
+def word_groups(tokens: list[int], tokenizer: Tokenizer) -> list[list[int]]:
+    """Positions of the tokens of each word: a word starts at a piece marked with the word boundary."""
+    groups: list[list[int]] = []
+    for i, tok in enumerate(tokens):
+        if not groups or tokenizer.id_to_piece(tok).startswith(WORD_BOUNDARY):
+            groups.append([])
+        groups[-1].append(i)
+    return groups
 
 
 def _word(group, tokens, spans, tokenizer, frame_seconds, offset):
@@ -121,3 +124,27 @@ def _word(group, tokens, spans, tokenizer, frame_seconds, offset):
     start = offset + spans[group[0]][0] * frame_seconds
     end = offset + (spans[group[-1]][1] + 1) * frame_seconds
     return tokenizer.decode(ids).strip(), start, end, ids
+
+
+def ctc_token_posteriors(log_probs: np.ndarray, tokens: list[int]) -> np.ndarray:
+    """Confidence of each token from CTC: its mean posterior over the frames its forced alignment spans.
+
+    log_probs: (T, V) of one segment. Returns (len(tokens),) probabilities; zeros when the tokens do not
+    fit the frames.
+    """
+    spans = ctc_forced_align(log_probs, tokens)
+    if spans is None:
+        return np.zeros(len(tokens))
+    return np.array([float(np.exp(log_probs[a : b + 1, tok].astype(np.float64)).mean())
+                     for tok, (a, b) in zip(tokens, spans)])
+
+
+def word_confidence(token_probs: np.ndarray) -> float:
+    """A word is as sure as its least sure piece: the minimum of its tokens' probabilities."""
+    return float(np.min(token_probs)) if len(token_probs) else 0.0
+
+
+def segment_confidence(token_probs: np.ndarray) -> float:
+    """Geometric mean of the probabilities of a segment's tokens (EOS included when given)."""
+    p = np.clip(np.asarray(token_probs, dtype=np.float64), 1e-12, 1.0)
+    return float(np.exp(np.log(p).mean())) if p.size else 0.0

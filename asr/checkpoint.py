@@ -219,7 +219,7 @@ def average_model(exp_dir: str | Path, n: int | None, mode: str, out_dir: str | 
     state = average_checkpoints(paths)
     tokenizer = Tokenizer.load(exp_dir / "tokenizer.model")
     log.info("averaged %d checkpoints: %s", len(paths), ", ".join(p.name for p in paths))
-    return save_model_dir(out_dir, state, exp_config, tokenizer)
+    return save_model_dir(out_dir, state, exp_config, tokenizer, exp_dir)
 
 
 def _model_state(obj: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
@@ -239,11 +239,13 @@ def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone() for k, v in unwrap_model(model).state_dict().items()}
 
 
-def save_model_dir(folder: str | Path, model: torch.nn.Module | dict, exp_config, tokenizer) -> Path:
-    """Write a self-contained model folder: model.pt (+ .sha256), config.yaml, tokenizer.model.
+def save_model_dir(folder: str | Path, model: torch.nn.Module | dict, exp_config, tokenizer,
+                   exp_dir: str | Path | None = None) -> Path:
+    """Write a self-contained model folder: model.pt (+ .sha256), config.yaml, tokenizer.model, README.md.
 
     ``model`` is a module or a state dict; ``exp_config`` an :class:`asr.config.ExperimentConfig` whose
-    ``model.vocab_size`` matches ``tokenizer.vocab_size``.
+    ``model.vocab_size`` matches ``tokenizer.vocab_size``. ``exp_dir``: the experiment whose training
+    data the model card describes (:mod:`asr.model_card`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,6 +253,9 @@ def save_model_dir(folder: str | Path, model: torch.nn.Module | dict, exp_config
     tokenizer.copy_to(folder)
     atomic_write_text(folder / "config.yaml", exp_config.to_yaml())
     save_checkpoint(folder / "model.pt", {"model": state, "config": exp_config.to_sections()})
+    from asr.model_card import write_model_card
+
+    write_model_card(folder, exp_config, tokenizer, state, exp_dir)
     return folder
 
 

@@ -123,6 +123,9 @@ def _add_search_flags(p) -> None:
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default=None,
                    help="torch (a model folder), onnx (an `asr export` folder, onnxruntime, no torch needed); "
                    "default auto: onnx for an exported folder")
+    p.add_argument("--lm", type=Path, default=None, help="LM folder from `asr train-lm` for shallow fusion")
+    p.add_argument("--lm-weight", type=_nonneg_float, default=None, help="LM weight (default 0.3; used with --lm)")
+    p.add_argument("--nbest", type=_positive_int, default=None, help="hypotheses kept per utterance (default 1)")
 
 
 def _add_transcribe(sub) -> None:
@@ -134,6 +137,10 @@ def _add_transcribe(sub) -> None:
                    "for '-' files are written only when given)")
     p.add_argument("--rate", type=_positive_int, default=None, help="sample rate of s16le PCM on stdin (default 16000)")
     _add_search_flags(p)
+    p.add_argument("--hotwords", type=Path, default=None,
+                   help="file of phrases to boost, one a line, optionally 'PHRASE :WEIGHT' (bonus per piece, "
+                   "default 1.5)")
+    p.add_argument("--quiet", action="store_true", help="do not print segments on stdout as they are decoded")
     p.add_argument("--max-segment", type=_nonneg_float, default=None, help="longest segment in seconds (default 20)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="segments decoded together (default 8)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -147,6 +154,7 @@ def _add_transcribe(sub) -> None:
 
 def _run_transcribe(args) -> int:
     from asr.config import replace
+    from asr.context import ContextGraph, read_hotwords
     from asr.decoding import DecodeOptions
     from asr.inference import Recognizer
     from asr.transcribe import FAILURES_NAME, TranscribeConfig, transcribe_inputs
@@ -154,11 +162,15 @@ def _run_transcribe(args) -> int:
     cfg = replace(TranscribeConfig(), "transcribe flags", **_given(
         formats=args.format, stdin_rate=args.rate, max_segment=args.max_segment, batch_size=args.batch_size,
         output_dir=None if args.output_dir is None else str(args.output_dir)))
-    options = replace(DecodeOptions(), "decode flags", **_given(beam_size=args.beam, ctc_weight=args.ctc_weight,
-                                                                dtype=args.dtype))
+    options = replace(DecodeOptions(), "decode flags", **_given(
+        beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, nbest=args.nbest,
+        dtype=args.dtype))
     rec = Recognizer.from_dir(args.model, args.device, args.backend or "auto", args.threads)
-    result = transcribe_inputs(rec, args.inputs, options, cfg,
-                               write_stdin_files=args.output_dir is not None)
+    lm = None if args.lm is None else rec.load_lm(args.lm)
+    context = None if args.hotwords is None else ContextGraph.from_hotwords(read_hotwords(args.hotwords),
+                                                                           rec.tokenizer)
+    result = transcribe_inputs(rec, args.inputs, options, cfg, write_stdin_files=args.output_dir is not None,
+                               quiet=args.quiet, lm=lm, context=context)
     if result.failures:
         print(f"asr transcribe: {len(result.results)} transcribed, {len(result.failures)} failed "
               f"(list in {Path(cfg.output_dir) / FAILURES_NAME})", file=sys.stderr)
@@ -201,9 +213,6 @@ def _add_decode(sub) -> None:
     p.add_argument("--manifest", required=True, type=Path, help="manifest (JSON lines) to decode")
     p.add_argument("--out-dir", required=True, type=Path, help="writes hyps.jsonl, text, failures.tsv, decode.json")
     _add_search_flags(p)
-    p.add_argument("--lm", type=Path, default=None, help="LM folder from `asr train-lm` for shallow fusion")
-    p.add_argument("--lm-weight", type=_nonneg_float, default=None, help="LM weight (default 0.3; used with --lm)")
-    p.add_argument("--nbest", type=_positive_int, default=None, help="hypotheses kept per utterance (default 1)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="utterances per batch (default 16)")
     p.add_argument("--nj", type=_positive_int, default=None, help="parallel processes (one per GPU with cuda)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
@@ -392,7 +401,8 @@ def _add_manifest(sub) -> None:
     for kind, what in (("librispeech", "LibriSpeech subset folder (or the root with --subset)"),
                        ("kaldi", "Kaldi data dir (wav.scp, text, [segments], [utt2spk])"),
                        ("fsdd", "FSDD recordings/ folder ({digit}_{speaker}_{take}.wav)"),
-                       ("tsv", "TSV file of path<TAB>text lines")):
+                       ("tsv", "TSV file of path<TAB>text lines"),
+                       ("lhotse", "lhotse CutSet, cuts.jsonl or cuts.jsonl.gz (needs the asr[lhotse] extra)")):
         k = isub.add_parser(kind, help=what)
         k.add_argument("source", type=Path, help=what)
         k.add_argument("--out", required=True, type=Path, help="output manifest (JSON lines)")
@@ -410,6 +420,10 @@ def _add_manifest(sub) -> None:
     exp.add_argument("manifest", type=Path)
     exp.add_argument("out_dir", type=Path)
     exp.set_defaults(func=_run_manifest_export_kaldi)
+    lh = msub.add_parser("export-lhotse", help="write a lhotse CutSet (.jsonl or .jsonl.gz) from a manifest")
+    lh.add_argument("manifest", type=Path)
+    lh.add_argument("out", type=Path, help="e.g. cuts.jsonl.gz")
+    lh.set_defaults(func=_run_manifest_export_lhotse)
     val = msub.add_parser("validate", help="check audio, durations, text; split into valid entries and rejects")
     val.add_argument("manifest", type=Path)
     val.add_argument("--tokenizer", type=Path, default=None, help="check text against this tokenizer's alphabet")
@@ -450,6 +464,15 @@ def _run_manifest_export_kaldi(args) -> int:
 
     utts = read_manifest(args.manifest)
     print(f"kaldi: {export_kaldi(utts, args.out_dir)} ({len(utts)} utterances)")
+    return 0
+
+
+def _run_manifest_export_lhotse(args) -> int:
+    from asr.data.lhotse_io import export_lhotse
+    from asr.data.manifest import read_manifest
+
+    utts = read_manifest(args.manifest)
+    print(f"lhotse: {export_lhotse(utts, args.out)} ({len(utts)} cuts)")
     return 0
 
 
@@ -594,6 +617,20 @@ def _run_serve(args) -> int:
     return 0
 
 
+def _add_model_card(sub) -> None:
+    p = sub.add_parser("model-card", help="put a recipe's WER table into a model folder's README.md")
+    p.add_argument("model", type=Path, help="model folder (written by `asr average` or training)")
+    p.add_argument("--results", required=True, type=Path, help="markdown WER table, e.g. EXP/RESULTS.md")
+    p.set_defaults(func=_run_model_card)
+
+
+def _run_model_card(args) -> int:
+    from asr.model_card import update_results
+
+    print(f"model-card: {update_results(args.model, args.results)}")
+    return 0
+
+
 # >>> command registrations: add your `_add_<name>` to this list (one line each) >>>
 COMMANDS = [
     _add_corpus,
@@ -609,6 +646,7 @@ COMMANDS = [
     _add_average,
     _add_export,
     _add_serve,
+    _add_model_card,
 ]
 # <<< command registrations <<<
 

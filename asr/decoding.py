@@ -118,22 +118,24 @@ class Hypothesis:
     attention: np.ndarray | None = None  # (steps, T') float32
 
 
-def uses_greedy(options: DecodeOptions, lm: Any = None) -> bool:
-    """The rule of :func:`search`: beam 1 with no CTC weight and no LM in use is greedy search."""
-    return options.beam_size == 1 and options.ctc_weight == 0 and (lm is None or options.lm_weight == 0)
+def uses_greedy(options: DecodeOptions, lm: Any = None, context: Any = None) -> bool:
+    """The rule of :func:`search`: beam 1 with no CTC weight, no LM in use and no hotwords is greedy search."""
+    return (options.beam_size == 1 and options.ctc_weight == 0 and (lm is None or options.lm_weight == 0)
+            and context is None)
 
 
 def search(model: Any, enc: Any, enc_lengths: Any, options: DecodeOptions,
-           lm: Any = None) -> list[list[Hypothesis]]:
+           lm: Any = None, context: Any = None) -> list[list[Hypothesis]]:
     """Decode encoder output with the search that ``options`` ask for (see :func:`uses_greedy`).
 
     model: a backend (:mod:`asr.backends`: torch or onnxruntime) or an ``asr.model.LAS``; enc: (B, T', D)
     encoder output in the backend's array type; enc_lengths: (B,). ``lm``: an LM for shallow fusion (see
-    :func:`beam_search`) or None. Returns per utterance up to ``options.nbest`` hypotheses, best first.
+    :func:`beam_search`) or None; ``context``: an :class:`asr.context.ContextGraph` of hotwords or None.
+    Returns per utterance up to ``options.nbest`` hypotheses, best first.
     """
-    if uses_greedy(options, lm):
+    if uses_greedy(options, lm, context):
         return [[h] for h in greedy_search(model, enc, enc_lengths, options)]
-    return beam_search(model, enc, enc_lengths, options, lm)
+    return beam_search(model, enc, enc_lengths, options, lm, context)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -496,6 +498,7 @@ class _Rows:
     dec_state: Any = None
     lm_state: Any = None
     track: _AttentionTrack | None = None
+    ctx: np.ndarray | None = None  # (N,) int64 hotword trie node (asr.context), when biasing
 
     def select(self, idx: np.ndarray, model: Any, lm: Any, compact: bool = False) -> _Rows:
         """Rows ``idx`` (N',). ``compact``: rows may come from other utterances' slots (drop finished ones).
@@ -511,7 +514,8 @@ class _Rows:
         return _Rows(self.utt[idx], self.score[idx], self.att[idx], self.lm[idx], self.history[idx],
                      self.min_len[idx], self.max_len[idx], None if self.attention is None else self.attention[idx],
                      enc, mask, dec_state, None if lm is None else lm.take(self.lm_state, idx),
-                     None if self.track is None else self.track.select(idx))
+                     None if self.track is None else self.track.select(idx),
+                     None if self.ctx is None else self.ctx[idx])
 
     @property
     def prev(self) -> np.ndarray:
@@ -561,19 +565,22 @@ def _candidates(pre: np.ndarray, options: DecodeOptions, use_ctc: bool) -> np.nd
 
 
 def beam_search(model: Any, enc: Any, enc_lengths: Any, options: DecodeOptions,
-                lm: Any = None) -> list[list[Hypothesis]]:
+                lm: Any = None, context: Any = None) -> list[list[Hypothesis]]:
     """Batched joint CTC/attention beam search with optional LM shallow fusion.
 
     model: a backend (:mod:`asr.backends`: torch or onnxruntime) or an ``asr.model.LAS``; enc: (B, T', D)
     encoder output in the backend's array type; enc_lengths: (B,). ``lm``: a backend LM or an
     ``asr.lm.LSTMLM``. ``ctc_weight == 1`` is pure CTC prefix beam search (the attention decoder is not
-    run). Returns, per utterance, up to ``nbest`` hypotheses, best first.
+    run). ``context`` (an :class:`asr.context.ContextGraph`) adds hotword bonuses before the pre-beam, so a
+    boosted piece can enter the beam that the model alone would have left out.
+    Returns, per utterance, up to ``nbest`` hypotheses, best first.
     """
     model = as_backend(model)
     options = _fit_to_model(model, options)
     ctc_lp = model.ctc_log_probs(enc) if options.ctc_weight > 0 else None
     decoder = model if options.ctc_weight < 1.0 else None
-    return _BeamSearch(decoder, enc, as_array(enc_lengths, np.int64), ctc_lp, options, as_lm_backend(lm)).run()
+    return _BeamSearch(decoder, enc, as_array(enc_lengths, np.int64), ctc_lp, options, as_lm_backend(lm),
+                       context).run()
 
 
 def _fit_to_model(model: Any, options: DecodeOptions) -> DecodeOptions:
@@ -600,8 +607,9 @@ class _BeamSearch:
     """One batched search. Rows of utterances that are done are dropped, so the batch shrinks."""
 
     def __init__(self, decoder: Any, enc: Any, enc_lengths: np.ndarray, ctc_lp: np.ndarray | None,
-                 options: DecodeOptions, lm: Any):
+                 options: DecodeOptions, lm: Any, context: Any = None):
         self.decoder, self.options, self.k = decoder, options, options.beam_size
+        self.context = context
         # The EOS threshold compares attention scores; without the speller there are none to compare.
         self.eos_rules = options if decoder is not None else dataclasses.replace(options, eos_threshold=0.0)
         self.lm = lm if lm is not None and options.lm_weight > 0 else None
@@ -623,6 +631,8 @@ class _BeamSearch:
             self.rows.track = _AttentionTrack.start(n)
         if self.lm is not None:
             self.rows.lm_state = self.lm.init_state(n)
+        if context is not None:
+            self.rows.ctx = context.init_state(n)
         self.scorer = CTCPrefixScorer(ctc_lp, enc_lengths, utt) if ctc_lp is not None else None
         self.finished = _Finished(self.batch, options)
 
@@ -648,6 +658,8 @@ class _BeamSearch:
         pre = (1.0 - lam) * base if att_logp is not None else np.zeros_like(base)
         if lm_logp is not None:
             pre = pre + self.options.lm_weight * lm_logp
+        if self.context is not None:
+            pre = pre + self.context.scores(rows.ctx)
         pre = pre + _eos_mask(base, step, rows.min_len, rows.max_len, self.eos_rules)
         return pre, att_logp, lm_logp, attention, peak
 
@@ -678,6 +690,8 @@ class _BeamSearch:
         if lm_logp is not None:
             new.lm = new.lm + lm_logp[src, tokens].astype(np.float64)
         new.history = np.concatenate([new.history, tokens[:, None]], axis=1)
+        if self.context is not None:
+            new.ctx = self.context.advance(new.ctx, tokens)
         if self.scorer is not None:
             self.scorer.select(src, col, psi, ctc_r, tokens)
         cut, names = _guard_cut(new.history, new.track, None if peak is None else peak[src], self.options)
@@ -702,7 +716,8 @@ class _BeamSearch:
         score = self.rows.score.reshape(-1, k)
         utts = self.rows.utt[::k].tolist()
         done = _utterances_done(score, [self.finished.threshold(u) for u in utts],
-                                [len(self.finished.hyps[u]) for u in utts], self.options)
+                                [len(self.finished.hyps[u]) for u in utts], self.options,
+                                monotone=self.context is None)
         if not done.any():
             return
         keep = np.flatnonzero(np.repeat(~done, k))
@@ -712,14 +727,15 @@ class _BeamSearch:
 
 
 def _utterances_done(score: np.ndarray, thresholds: list[float], num_finished: list[int],
-                     options: DecodeOptions) -> np.ndarray:
+                     options: DecodeOptions, monotone: bool = True) -> np.ndarray:
     """(B,) bool per utterance (score: (B, beam) raw row scores): no live row is left, or none can
     still beat the nbest-th finished hypothesis.
 
     The bound is exact when raw scores never increase (every term is a log-probability and the length
-    bonus is <= 0) and scores are not length-normalised; otherwise stop once beam_size are finished.
+    bonus is <= 0) and scores are not length-normalised; otherwise (and with hotword bonuses, which
+    raise scores: ``monotone=False``) stop once beam_size are finished.
     """
     best_live = score.max(axis=1)
-    if options.length_penalty == 0 and options.length_bonus <= 0:
+    if monotone and options.length_penalty == 0 and options.length_bonus <= 0:
         return best_live <= np.array(thresholds, dtype=best_live.dtype)
     return (best_live == NEG_INF) | (np.array(num_finished) >= options.beam_size)

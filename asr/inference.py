@@ -117,12 +117,50 @@ class Recognizer:
         return enc, enc_lengths, ctc
 
     def decode(self, enc: Any, enc_lengths: Any, options: DecodeOptions | None = None,
-               lm: Any = None) -> list[list[Hypothesis]]:
+               lm: Any = None, context: Any = None) -> list[list[Hypothesis]]:
         """Search encoder output enc (batch, T', D), enc_lengths (batch,) with :func:`asr.decoding.search`.
 
-        Returns per row up to ``options.nbest`` hypotheses, best first. ``lm``: an LM for fusion or None.
+        Returns per row up to ``options.nbest`` hypotheses, best first. ``lm``: an LM for fusion or None;
+        ``context``: an :class:`asr.context.ContextGraph` of hotwords or None.
         """
-        return search(self.backend, enc, enc_lengths, options or DecodeOptions(), lm)
+        return search(self.backend, enc, enc_lengths, options or DecodeOptions(), lm, context)
+
+    def token_confidences(self, enc: Any, enc_lengths: Any, tokens: list[list[int]],
+                          ctc: np.ndarray | None = None) -> list[np.ndarray]:
+        """Posterior probability of each output token, for confidence.
+
+        enc: (batch, T', D) in the backend's array type, enc_lengths: (batch,); tokens: one hypothesis per
+        row (no SOS/EOS); ctc: (batch, T', V) CTC log-probs, needed only by a model without a speller.
+        With a speller, a token's confidence is the speller's probability of it given the audio and the
+        tokens before it (the chosen hypothesis fed back step by step, through the same backend step as
+        the search, so torch and onnxruntime agree); a pure-CTC model uses the mean CTC posterior of the
+        token over the frames its forced alignment gives it. Returns per row an array (len(tokens) + 1,)
+        float64: the tokens' probabilities, then EOS's (1.0 for CTC).
+        """
+        from asr.align import ctc_token_posteriors
+        from asr.tokenizer import EOS_ID, SOS_ID
+
+        lens = np.asarray(enc_lengths, dtype=np.int64).reshape(-1)
+        if not self.backend.has_speller:
+            if ctc is None:
+                raise ValueError("a model without a speller needs CTC log-probs for confidences")
+            return [np.append(ctc_token_posteriors(np.asarray(ctc[i, : int(lens[i])]), t), 1.0)
+                    for i, t in enumerate(tokens)]
+        n, width = len(tokens), max(len(t) for t in tokens) + 1
+        inputs = np.full((n, width), EOS_ID, dtype=np.int64)
+        targets = np.full((n, width), EOS_ID, dtype=np.int64)
+        for i, t in enumerate(tokens):
+            inputs[i, 0] = SOS_ID
+            inputs[i, 1 : len(t) + 1] = t
+            targets[i, : len(t)] = t
+        mask = self.backend.enc_mask(enc, lens)
+        state = self.backend.init_state(enc, lens)
+        picked = np.zeros((n, width), dtype=np.float64)
+        rows = np.arange(n)
+        for j in range(width):
+            logp, state, _ = self.backend.step(inputs[:, j], state, enc, mask)
+            picked[:, j] = np.exp(logp[rows, targets[:, j]].astype(np.float64))
+        return [picked[i, : len(t) + 1] for i, t in enumerate(tokens)]
 
     def decode_batch(self, inputs: Any, lengths: Any, options: DecodeOptions | None = None,
                      lm: Any = None) -> list[list[Hypothesis]]:

@@ -116,16 +116,33 @@ class TranscribeConfig:
 
 
 @dataclass
+class Word:
+    """A word with its times (seconds from the start of the input) and confidence in [0, 1]."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass
 class Segment:
-    """A stretch of recognised speech. Times are seconds from the start of the input."""
+    """A stretch of recognised speech. Times are seconds from the start of the input.
+
+    ``confidence`` is the geometric mean of its tokens' posteriors, each word's the minimum over its
+    pieces (see :meth:`asr.inference.Recognizer.token_confidences`). ``alternatives``: with ``nbest`` > 1,
+    the chunk's n-best list ``[{"text", "score", "avg_logprob"}]``, best first, before stitching.
+    """
 
     start: float
     end: float
     text: str
     tokens: list[int]
     avg_logprob: float  # mean log-probability per output token (end of sentence included)
-    words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start, end)
+    confidence: float = 0.0
+    words: list[Word] = field(default_factory=list)
     guards: dict[str, int] = field(default_factory=dict)  # decoding guards that fired (loops, length)
+    alternatives: list[dict] = field(default_factory=list)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -445,23 +462,29 @@ class Decoded:
     end: float
     overlaps_previous: bool
     tokens: list[int]
-    words: list[tuple[str, float, float, list[int]]]  # word, start, end, its tokens
+    words: list[tuple[str, float, float, list[int], np.ndarray]]  # word, start, end, its tokens, their probs
     avg_logprob: float
     guards: dict[str, int]
     keep: bool  # False: empty CTC output or too low a score (silence, noise)
+    token_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (len(tokens) + 1,), EOS last
+    alternatives: list[dict] = field(default_factory=list)
 
 
 def decode_chunks(
-    recognizer: Recognizer, chunks: list[Chunk], options: DecodeOptions, cfg: TranscribeConfig
+    recognizer: Recognizer, chunks: list[Chunk], options: DecodeOptions, cfg: TranscribeConfig,
+    lm=None, context=None,
 ) -> list[Decoded]:
-    """Decode chunks together; align each output to the CTC posteriors for word times."""
+    """Decode chunks together (with an optional fusion ``lm`` and hotword ``context``); align each
+    output to the CTC posteriors for word times, and score its tokens for confidence."""
     from asr.align import ctc_greedy, word_alignment
 
     sr = recognizer.sample_rate
     waves, lengths = _pad([c.samples for c in chunks])
     with recognizer.precision(options):
         enc, enc_lengths, ctc = recognizer.encode_with_ctc(waves, lengths)
-        hyps = [nbest[0] for nbest in recognizer.decode(enc, enc_lengths, options)]
+        nbests = recognizer.decode(enc, enc_lengths, options, lm, context)
+        hyps = [nbest[0] for nbest in nbests]
+        probs = recognizer.token_confidences(enc, enc_lengths, [h.tokens for h in hyps], ctc)
     # Without a CTC head there is no blank evidence and no alignment: trust the decoder alone.
     ctc_empty = [not path for path in ctc_greedy(ctc, enc_lengths)] if ctc is not None else [False] * len(chunks)
     out = []
@@ -474,9 +497,30 @@ def decode_chunks(
         keep = is_speech(hyp.tokens, avg, ctc_empty[i], cfg)
         words = []
         if keep and cfg.word_timestamps and log_probs is not None:
-            words = word_alignment(log_probs, hyp.tokens, recognizer.tokenizer, recognizer.frame_seconds, start)
+            timed = word_alignment(log_probs, hyp.tokens, recognizer.tokenizer, recognizer.frame_seconds, start)
+            words = _with_token_probs(timed, hyp.tokens, probs[i])
+        alternatives = [] if options.nbest == 1 else [
+            {"text": recognizer.tokenizer.decode(h.tokens).strip(), "score": round(h.score, 4),
+             "avg_logprob": round((h.log_prob if recognizer.backend.has_speller else h.ctc_score)
+                                  / (len(h.tokens) + 1), 4)} for h in nbests[i]]
         out.append(Decoded(speech_start / sr, speech_end / sr, chunk.overlaps_previous, list(hyp.tokens),
-                           words, avg, dict(hyp.guards), keep))
+                           words, avg, dict(hyp.guards), keep, probs[i], alternatives))
+    return out
+
+
+def _with_token_probs(words, tokens: list[int], probs: np.ndarray) -> list:
+    """Attach to each aligned word ``(word, start, end, ids)`` the probabilities of its tokens.
+
+    Words cover the tokens in order (a piece that decodes to nothing may be skipped), so each word's
+    ids are found at or after the end of the previous word's.
+    """
+    out, pos = [], 0
+    for word, a, b, ids in words:
+        n = len(ids)
+        while pos + n <= len(tokens) and tokens[pos : pos + n] != ids:
+            pos += 1
+        out.append((word, a, b, ids, probs[pos : pos + n]))
+        pos += n
     return out
 
 
@@ -512,11 +556,14 @@ def stitch(decoded: Decoded, state: StitchState, tokenizer) -> Segment | None:
     previous chunk decoded it with its left context. Without word times, a repeated run of words at the
     seam is dropped instead. Updates ``state`` for the next chunk.
     """
+    from asr.align import segment_confidence, word_confidence
+
     prev_end, prev_tail = state.end, state.tail
     state.end, state.tail = decoded.end, []
     if not decoded.keep:
         return None
     start, words, tokens = decoded.start, decoded.words, decoded.tokens
+    token_probs = decoded.token_probs
     text = tokenizer.decode(tokens).strip()
     if decoded.overlaps_previous and prev_end is not None:
         start = max(start, prev_end)
@@ -524,6 +571,7 @@ def stitch(decoded: Decoded, state: StitchState, tokenizer) -> Segment | None:
             kept = [w for w in words if (w[1] + w[2]) / 2 >= prev_end]
             if len(kept) < len(words):
                 words, tokens = kept, [t for w in kept for t in w[3]]
+                token_probs = np.concatenate([w[4] for w in kept]) if kept else np.zeros(0)
                 text = tokenizer.decode(tokens).strip()
         else:
             n = _repeated_prefix(prev_tail, text.split())
@@ -539,10 +587,12 @@ def stitch(decoded: Decoded, state: StitchState, tokenizer) -> Segment | None:
         text=text,
         tokens=tokens,
         avg_logprob=round(decoded.avg_logprob, 4),
+        confidence=round(segment_confidence(token_probs), 4),
         # Padding lets a word's alignment spill just outside the speech; keep it inside the segment.
-        words=[(w, round(min(max(a, start), decoded.end), 3), round(min(max(b, start), decoded.end), 3))
-               for w, a, b, _ in words],
+        words=[Word(w, round(min(max(a, start), decoded.end), 3), round(min(max(b, start), decoded.end), 3),
+                    round(word_confidence(p), 4)) for w, a, b, _, p in words],
         guards=decoded.guards,
+        alternatives=decoded.alternatives,
     )
 
 
@@ -562,13 +612,17 @@ def iter_segments(
     vad: VadConfig = VadConfig(),
     progress: Callable[[int], None] | None = None,
     live: bool = False,
+    lm=None,
+    context=None,
 ) -> Iterator[Segment]:
     """Transcribe a stream of blocks (n,) float32 at the model's rate, yielding segments as they finish.
 
     Chunks are decoded ``cfg.batch_size`` at a time. ``live`` input (a pipe that delivers audio as it is
     recorded) decodes whatever is pending after every block instead, so text appears as soon as a pause
-    closes a segment. ``progress(samples)`` is called after every block.
+    closes a segment. ``progress(samples)`` is called after every block. ``lm``: an LM for shallow
+    fusion (``Recognizer.load_lm``); ``context``: an :class:`asr.context.ContextGraph` of hotwords.
     """
+    search = functools.partial(_decode_and_stitch, lm=lm, context=context)
     segmenter = Segmenter(vad, cfg, recognizer.sample_rate, functools.partial(blank_cut, recognizer))
     state = StitchState()
     pending: list[Chunk] = []
@@ -577,15 +631,16 @@ def iter_segments(
         if progress is not None:
             progress(segmenter.position)
         while len(pending) >= cfg.batch_size or (live and pending):
-            yield from _decode_and_stitch(recognizer, pending[: cfg.batch_size], options, cfg, state)
+            yield from search(recognizer, pending[: cfg.batch_size], options, cfg, state)
             pending = pending[cfg.batch_size :]
     pending += segmenter.finish()
     for i in range(0, len(pending), cfg.batch_size):
-        yield from _decode_and_stitch(recognizer, pending[i : i + cfg.batch_size], options, cfg, state)
+        yield from search(recognizer, pending[i : i + cfg.batch_size], options, cfg, state)
 
 
-def _decode_and_stitch(recognizer, chunks, options, cfg, state: StitchState) -> Iterator[Segment]:
-    for decoded in decode_chunks(recognizer, chunks, options, cfg):
+def _decode_and_stitch(recognizer, chunks, options, cfg, state: StitchState, lm=None,
+                       context=None) -> Iterator[Segment]:
+    for decoded in decode_chunks(recognizer, chunks, options, cfg, lm, context):
         segment = stitch(decoded, state, recognizer.tokenizer)
         if segment is not None:
             yield segment
@@ -598,10 +653,13 @@ def transcribe(
     config: TranscribeConfig | None = None,
     vad: VadConfig | None = None,
     sample_rate: int | None = None,
+    lm=None,
+    context=None,
 ) -> list[Segment]:
     """Transcribe a file (read in blocks, any length) or an array at ``sample_rate`` (default the model's).
 
     ``audio``: a path, or samples as (samples,) or (samples, channels) float32 (channels are averaged).
+    ``lm``/``context``: LM fusion and hotwords, as in :func:`iter_segments`.
     Returns the segments in time order; silence gives an empty list.
     """
     from asr.decoding import DecodeOptions
@@ -614,7 +672,8 @@ def transcribe(
     else:
         mono = _as_mono(audio, sample_rate or recognizer.sample_rate, recognizer.sample_rate)
         blocks = iter_array_blocks(mono, config.block_seconds, recognizer.sample_rate)
-    return list(iter_segments(recognizer, blocks, options or DecodeOptions(), config, vad or VadConfig()))
+    return list(iter_segments(recognizer, blocks, options or DecodeOptions(), config, vad or VadConfig(),
+                              lm=lm, context=context))
 
 
 def _as_mono(audio: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
@@ -645,8 +704,22 @@ def format_timestamp(seconds: float, decimal: str = ",") -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
 
 
+def format_console_time(seconds: float) -> str:
+    """``62.5`` -> ``"01:02.500"``; hours are shown only when there are any (``"1:02:03.500"``)."""
+    ms = max(0, int(round(seconds * 1000)))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return (f"{h}:" if h else "") + f"{m:02d}:{s:02d}.{ms:03d}"
+
+
+def format_console(seg: Segment) -> str:
+    """The line printed as a segment is decoded: ``[00:00.000 --> 00:02.340] TEXT``."""
+    return f"[{format_console_time(seg.start)} --> {format_console_time(seg.end)}] {one_line(seg.text)}"
+
+
 def format_header(fmt: str) -> str:
-    return {"vtt": "WEBVTT\n\n", "tsv": "start\tend\ttext\n", "json": '{"segments": [\n'}.get(fmt, "")
+    return {"vtt": "WEBVTT\n\n", "tsv": "start\tend\ttext\tconfidence\n", "json": '{"segments": [\n'}.get(fmt, "")
 
 
 def format_segment(fmt: str, index: int, seg: Segment) -> str:
@@ -659,7 +732,7 @@ def format_segment(fmt: str, index: int, seg: Segment) -> str:
     if fmt == "vtt":
         return f"{index}\n{format_timestamp(seg.start, '.')} --> {format_timestamp(seg.end, '.')}\n{text}\n\n"
     if fmt == "tsv":
-        return f"{int(round(seg.start * 1000))}\t{int(round(seg.end * 1000))}\t{text}\n"
+        return f"{int(round(seg.start * 1000))}\t{int(round(seg.end * 1000))}\t{text}\t{seg.confidence:.4f}\n"
     if fmt == "json":
         item = json.dumps(dataclasses.asdict(seg), ensure_ascii=False)
         return ("" if index == 1 else ",\n") + item
@@ -740,8 +813,11 @@ def transcribe_stream(
     vad: VadConfig,
     echo: IO[str] | None = None,
     live: bool = False,
+    lm=None,
+    context=None,
 ) -> FileResult:
-    """Transcribe one stream into ``writers`` (and print each segment's text to ``echo``, flushed).
+    """Transcribe one stream into ``writers`` (and print each segment to ``echo``, flushed, as
+    ``[start --> end] TEXT``).
 
     On Ctrl-C the writers are closed with what is finished (summary ``complete: false``) and the
     KeyboardInterrupt propagates; on any other error they are discarded.
@@ -755,12 +831,12 @@ def transcribe_stream(
         return FileResult(source, count, seen[0] / recognizer.sample_rate, time.perf_counter() - t0, complete)
 
     try:
-        for seg in iter_segments(recognizer, blocks, options, cfg, vad, progress, live):
+        for seg in iter_segments(recognizer, blocks, options, cfg, vad, progress, live, lm, context):
             count += 1
             for w in writers:
                 w.write(seg)
             if echo is not None:
-                print(seg.text, file=echo, flush=True)
+                _echo(format_console(seg), echo)
     except KeyboardInterrupt:
         for w in writers:
             w.close(result(False).summary())
@@ -773,6 +849,19 @@ def transcribe_stream(
     for w in writers:
         w.close(res.summary())
     return res
+
+
+def _echo(line: str, stream: IO[str]) -> None:
+    """Print a line without tearing a progress bar that tqdm draws on the terminal's stderr."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # no tqdm, no bar to tear
+        tqdm = None
+    if tqdm is not None and sys.stderr.isatty():
+        with tqdm.external_write_mode(file=sys.stderr):
+            print(line, file=stream, flush=True)
+    else:
+        print(line, file=stream, flush=True)
 
 
 def expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
@@ -814,24 +903,43 @@ def transcribe_inputs(
     stdin: IO[bytes] | None = None,
     stdout: IO[str] | None = None,
     write_stdin_files: bool = False,
+    quiet: bool = False,
+    lm=None,
+    context=None,
 ) -> BatchResult:
     """Transcribe files, folders and ``-`` (raw s16le PCM on ``stdin``) into ``cfg.output_dir``.
 
     A bad input is reported on stderr in one line, counted and skipped; the failures are also written
-    to ``<output_dir>/transcribe_failures.tsv``. Text from stdin is printed to ``stdout`` as it is
-    recognised; its files are written only when ``write_stdin_files``.
+    to ``<output_dir>/transcribe_failures.tsv``. Each segment is printed to ``stdout`` as it is
+    recognised (not when ``quiet``), under a ``==> INPUT <==`` header when there are several inputs.
+    Files from stdin are written only when ``write_stdin_files``. ``lm``/``context``: LM fusion and
+    hotwords (see :func:`iter_segments`). Several inputs get a files bar on a terminal's stderr (when
+    tqdm is installed: a minimal install for exported models leaves it out).
     """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = _NoBar
+
     formats, output_dir = parse_formats(cfg.formats), Path(cfg.output_dir)
     stdout = stdout if stdout is not None else sys.stdout
+    echo = None if quiet else stdout
     results, failures, taken = [], [], set()
-    for source, root in expand_inputs(inputs):
+    items = expand_inputs(inputs)
+    bar = tqdm(total=len(items), unit="file", desc="files", disable=len(items) < 2 or not sys.stderr.isatty())
+    for source, root in items:
         stem = output_stem(source, root, output_dir, taken)
+        if echo is not None and len(items) > 1:
+            _echo(f"==> {source} <==", echo)
         try:
             results.append(_transcribe_one(recognizer, source, root, stem, formats, options, cfg, vad,
-                                           stdin, stdout, write_stdin_files))
+                                           stdin, echo, write_stdin_files, lm, context))
         except AsrError as e:
             failures.append((source, e.reason))
-            print(f"asr: error: {e}", file=sys.stderr, flush=True)
+            with tqdm.external_write_mode(file=sys.stderr):
+                print(f"asr: error: {e}", file=sys.stderr, flush=True)
+        bar.update(1)
+    bar.close()
     if failures:
         lines = "".join(f"{one_line(s)}\t{one_line(r)}\n" for s, r in failures)
         from asr.io_utils import atomic_write_text
@@ -840,32 +948,50 @@ def transcribe_inputs(
     return BatchResult(results, failures)
 
 
-def _transcribe_one(recognizer, source, root, stem, formats, options, cfg, vad, stdin, stdout, write_stdin_files):
+def _transcribe_one(recognizer, source, root, stem, formats, options, cfg, vad, stdin, echo, write_stdin_files,
+                    lm=None, context=None):
     sr = recognizer.sample_rate
     if source == STDIN:
         stream = stdin if stdin is not None else sys.stdin.buffer
         blocks = iter_pcm_blocks(stream, cfg.stdin_rate, sr, cfg.stdin_block_seconds)
-        echo, wanted = stdout, write_stdin_files
+        wanted = write_stdin_files
     else:
         from asr.audio import iter_blocks
 
         if root is None and Path(source).is_dir():
             raise AudioError(source, "folder holds no audio files")
         blocks = iter_blocks(source, cfg.block_seconds, sr)
-        echo, wanted = None, True
+        wanted = True
     blocks = _prime(blocks)  # open the file before creating outputs, so a bad file leaves none
     if source != STDIN:
         blocks = _with_progress(blocks, source, sr)
     writers = [SegmentWriter(stem.with_name(f"{stem.name}.{fmt}"), fmt) for fmt in formats] if wanted else []
-    res = transcribe_stream(recognizer, blocks, source, writers, options, cfg, vad, echo, live=source == STDIN)
+    res = transcribe_stream(recognizer, blocks, source, writers, options, cfg, vad, echo, source == STDIN, lm,
+                            context)
     log.info("%s: %d segments, %.1f s of audio, RTF %.3f", source, res.segments, res.audio_seconds,
              res.summary()["rtf"])
     return res
 
 
+class _NoBar:
+    """Stands in for tqdm where it is not installed: takes its calls, shows nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+PROGRESS_MIN_SECONDS = 60.0  # shorter files finish before a bar would tell anything
+
+
 def _with_progress(blocks: Iterator[np.ndarray], source: str, sample_rate: int) -> Iterator[np.ndarray]:
-    """Show a tqdm bar of audio seconds read (on a terminal only, so logs stay clean; not without tqdm,
-    which a minimal install for exported models leaves out)."""
+    """Show a tqdm bar of audio seconds read, for long files on a terminal only (so logs stay clean; not
+    without tqdm, which a minimal install for exported models leaves out)."""
     try:
         from tqdm import tqdm
     except ImportError:
@@ -875,7 +1001,8 @@ def _with_progress(blocks: Iterator[np.ndarray], source: str, sample_rate: int) 
     from asr.audio import audio_duration
 
     total = round(audio_duration(source), 1)
-    with tqdm(total=total, unit="s", desc=Path(source).name, leave=False, disable=not sys.stderr.isatty(),
+    with tqdm(total=total, unit="s", desc=Path(source).name, leave=False,
+              disable=not sys.stderr.isatty() or total < PROGRESS_MIN_SECONDS,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
         for block in blocks:
             yield block

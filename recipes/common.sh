@@ -158,8 +158,13 @@ score_set() {
 }
 
 # show_results EXP "SETS" CONFIG: the WER table of EXP/score/<set> for each set, printed and written to
-# EXP/RESULTS.md.
+# EXP/RESULTS.md, and into the model card (README.md) of each model folder EXP/final and EXP/*/final
+# (a recipe with several models, as FSDD's leave-one-speaker-out folds, has one per model).
 show_results() {
   # shellcheck disable=SC2086
   asr results --exp-dir "$1" --sets $2 --config "$3" --out "$1/RESULTS.md"
+  local model
+  for model in "$1"/final "$1"/*/final; do
+    if [ -f "$model/model.pt" ]; then asr model-card "$model" --results "$1/RESULTS.md"; fi
+  done
 }

@@ -138,7 +138,7 @@ def test_model_dir_round_trip(tmp_path, tiny_model_dir):
     assert not model.training
     assert cfg.model.vocab_size == tok.vocab_size
     out = ckpt.save_model_dir(tmp_path / "copy", model, cfg, tok)
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.pt", "model.pt.sha256",
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml", "model.pt", "model.pt.sha256",
                                                      "tokenizer.model"]
     again, _, _ = ckpt.load_las(out)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
@@ -165,6 +165,6 @@ def test_atomic_writes_get_the_mode_the_umask_implies(tmp_path, tiny_model_dir, 
     finally:
         os.umask(old)
     files = [tmp_path / "plain.txt", tmp_path / "ckpt-1.pt", tmp_path / "ckpt-1.pt.sha256", *folder.iterdir()]
-    assert len(files) == 7
+    assert len(files) == 8
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == mode, path.name

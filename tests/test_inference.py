@@ -167,8 +167,8 @@ def test_transcribe_array_returns_segments_with_word_times(recognizer, tiny_corp
     seg = segments[0]
     assert 0.2 <= seg.start < seg.end <= len(audio) / 16000 + 1e-6
     assert seg.tokens and seg.avg_logprob <= 0.0
-    assert " ".join(w for w, _, _ in seg.words) == seg.text
-    times = [t for _, a, b in seg.words for t in (a, b)]
+    assert " ".join(w.word for w in seg.words) == seg.text
+    times = [t for w in seg.words for t in (w.start, w.end)]
     assert times == sorted(times) and seg.start - 0.05 <= times[0] and times[-1] <= seg.end + 0.05
     # 32 kHz stereo input is mixed down, resampled to the model's rate and recognised the same way.
     from asr.audio import resample

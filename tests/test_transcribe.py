@@ -18,6 +18,7 @@ from asr.transcribe import (
     Segmenter,
     TranscribeConfig,
     VadConfig,
+    format_console,
     format_timestamp,
     iter_array_blocks,
     iter_pcm_blocks,
@@ -131,9 +132,9 @@ def word_tokenizer(tmp_path_factory):
 def _decoded(tok, words, start, end, overlaps):
     from asr.transcribe import Decoded
 
-    timed = [(w, a, b, tok.encode(w)) for w, a, b in words]
-    tokens = [t for *_, ids in timed for t in ids]
-    return Decoded(start, end, overlaps, tokens, timed, -0.1, {}, True)
+    timed = [(w, a, b, tok.encode(w), np.full(len(tok.encode(w)), 0.9)) for w, a, b in words]
+    tokens = [t for _, _, _, ids, _ in timed for t in ids]
+    return Decoded(start, end, overlaps, tokens, timed, -0.1, {}, True, np.full(len(tokens) + 1, 0.9))
 
 
 def test_stitch_drops_words_the_previous_chunk_covered(word_tokenizer):
@@ -145,7 +146,7 @@ def test_stitch_drops_words_the_previous_chunk_covered(word_tokenizer):
     assert first.text == "YES NO UP" and state.end == 3.0
     second = stitch(_decoded(tok, [("UP", 2.6, 2.95), ("DOWN", 3.2, 3.6)], 2.5, 5.0, True), state, tok)
     assert second.text == "DOWN" and second.start == 3.0 and second.tokens == tok.encode("DOWN")
-    assert [w for w, _, _ in second.words] == ["DOWN"]
+    assert [w.word for w in second.words] == ["DOWN"]
     # A chunk after a pause (no overlap) keeps everything, even a repeated word.
     third = stitch(_decoded(tok, [("DOWN", 6.0, 6.4)], 5.9, 6.6, False), state, tok)
     assert third.text == "DOWN" and third.start == 5.9
@@ -345,9 +346,10 @@ def test_cli_formats_parse_back(recognizer, long_audio, tiny_model_dir, tmp_path
     expect = [(pytest.approx(s["start"], abs=1e-3), pytest.approx(s["end"], abs=1e-3), s["text"]) for s in segs]
     assert srt == expect and vtt == expect
     rows = [r.split("\t") for r in (out / "long.tsv").read_text().splitlines()]
-    assert rows[0] == ["start", "end", "text"]
-    assert [(int(a), int(b), t) for a, b, t in rows[1:]] == [
-        (round(s["start"] * 1000), round(s["end"] * 1000), s["text"]) for s in segs]
+    assert rows[0] == ["start", "end", "text", "confidence"]
+    assert [(int(a), int(b), t, float(c)) for a, b, t, c in rows[1:]] == [
+        (round(s["start"] * 1000), round(s["end"] * 1000), s["text"], pytest.approx(s["confidence"], abs=1e-4))
+        for s in segs]
     assert (out / "long.txt").read_text().splitlines() == [s["text"] for s in segs]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
@@ -406,7 +408,7 @@ def test_cli_stdin_streams_text_as_it_arrives(recognizer, tiny_model_dir, long_a
     while not lines.empty():
         early.append(lines.get())
     assert len(early) >= 2
-    assert [x.strip() for x in early] == [s.text for s in transcribe(recognizer, audio[:stop], _greedy())]
+    assert [x.strip() for x in early] == [format_console(s) for s in transcribe(recognizer, audio[:stop], _greedy())]
 
 
 def test_cli_ctrl_c_keeps_what_is_finished(recognizer, tiny_model_dir, long_audio, tmp_path):
@@ -429,7 +431,7 @@ def test_cli_ctrl_c_keeps_what_is_finished(recognizer, tiny_model_dir, long_audi
         proc.stdin.flush()
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "no text within 60 s"
-        first = proc.stdout.readline().decode().strip()  # a segment is finished; stdin stays open
+        first = proc.stdout.readline().decode().strip().split("] ", 1)[1]  # a segment is done; stdin stays open
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130, proc.stderr.read().decode()
     finally:

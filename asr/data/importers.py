@@ -324,14 +324,14 @@ def tsv_field(text: str) -> str:
 # One call for the CLI
 # ----------------------------------------------------------------------------------------------
 
-IMPORT_KINDS = ("librispeech", "kaldi", "fsdd", "tsv")
+IMPORT_KINDS = ("librispeech", "kaldi", "fsdd", "tsv", "lhotse")
 
 
 @dataclass(frozen=True)
 class ImportConfig:
     """An import: which layout, from where, to which manifest."""
 
-    kind: str  # librispeech | kaldi | fsdd | tsv
+    kind: str  # librispeech | kaldi | fsdd | tsv | lhotse
     source: str
     out: str
     failures: str = ""  # "" = <out without .jsonl>.failures.tsv, written only when something failed
@@ -363,6 +363,10 @@ def import_manifest(cfg: ImportConfig) -> ImportResult:
         result = import_kaldi(cfg.source, cfg.normalize)
     elif cfg.kind == "fsdd":
         result = import_fsdd(cfg.source, cfg.split, cfg.holdout_speaker or None)
+    elif cfg.kind == "lhotse":
+        from asr.data.lhotse_io import import_lhotse
+
+        result = ImportResult(*import_lhotse(cfg.source, cfg.normalize))
     else:
         result = import_tsv(cfg.source, cfg.normalize)
     if not result.utterances:

@@ -188,9 +188,11 @@ def _short(e: BaseException) -> str:
 
 
 def segment_json(index: int, seg: Segment) -> dict:
-    """A Segment as the protocol's JSON: times in seconds, words as objects."""
+    """A Segment as the protocol's JSON: times in seconds, words as objects with their confidence."""
     return {"segment": index, "start": seg.start, "end": seg.end, "text": seg.text,
-            "words": [{"word": w, "start": a, "end": b} for w, a, b in seg.words]}
+            "confidence": seg.confidence,
+            "words": [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
+                      for w in seg.words]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from asr import checkpoint as ckpt
 from asr.config import ExperimentConfig
 from asr.errors import ConfigError, TrainingDivergedError
 from asr.io_utils import atomic_write_text
+from asr.model_card import write_data_summary
 from asr.specaugment import set_step as set_specaug_step
 from asr.train.checkpoints import (
     remove_stale_temporaries,
@@ -283,6 +284,8 @@ def _train(exp_config: ExperimentConfig, train_manifest, valid_manifest, tokeniz
         if resume_from is None:
             raise ConfigError(exp_dir / "checkpoints", "--resume given but no intact checkpoint found")
     data = build_data(exp_config, train_manifest, valid_manifest, tokenizer, d)
+    if d.is_main:
+        write_data_summary(exp_dir, train_manifest)
     if d.is_main and data.filtered:
         atomic_write_text(exp_dir / "filtered.tsv", "".join(f"{u}\t{r}\n" for u, r in data.filtered))
     mean, std = load_or_compute_cmvn(exp_config, data.train_set, exp_dir, cmvn_path, d)
@@ -301,7 +304,7 @@ def _train(exp_config: ExperimentConfig, train_manifest, valid_manifest, tokeniz
         metrics.close()
     final = exp_dir / "final"
     if d.is_main:
-        ckpt.save_model_dir(final, model, exp_config, tokenizer)
+        ckpt.save_model_dir(final, model, exp_config, tokenizer, exp_dir)
         if run.failed:
             atomic_write_text(exp_dir / "failures.tsv", "".join(f"{u}\t{r}\n" for u, r in run.failed.items()))
         log.info("training done: %d steps, %d epochs; model folder %s", state.step, state.epoch, final)
