@@ -173,6 +173,7 @@ class ExperimentConfig:
         unknown = set(sections) - set(SECTIONS)
         if unknown:
             raise ConfigError(where, f"unknown section '{sorted(unknown)[0]}' (known: {', '.join(SECTIONS)})")
+        sections = _moved_keys(sections, where)
         parts = {}
         for name in SECTIONS:
             parts[name] = from_dict(section_class(name), sections.get(name, {}), f"{where} [{name}]")
@@ -185,6 +186,24 @@ class ExperimentConfig:
         import yaml
 
         return yaml.safe_dump(self.to_sections(), sort_keys=False)
+
+
+def _moved_keys(sections: dict[str, dict[str, Scalar]], where: str) -> dict[str, dict[str, Scalar]]:
+    """Read configs and checkpoints written before a key moved: ``model.specaug_policy`` is now
+    ``specaug.policy`` (one setting decides SpecAugment). Both given and different is an error."""
+    model = sections.get("model")
+    if not isinstance(model, dict) or "specaug_policy" not in model:
+        return sections
+    sections = {k: dict(v) if isinstance(v, dict) else v for k, v in sections.items()}
+    policy = sections["model"].pop("specaug_policy")
+    specaug = sections.setdefault("specaug", {})
+    if not isinstance(specaug, dict):
+        return sections
+    if "policy" in specaug and specaug["policy"] != policy:
+        raise ConfigError(f"{where} [model]", f"specaug_policy {policy!r} contradicts specaug.policy "
+                          f"{specaug['policy']!r}; give only specaug.policy")
+    specaug["policy"] = policy
+    return sections
 
 
 def load_experiment_config(

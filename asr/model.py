@@ -70,8 +70,6 @@ class ModelConfig:
     ctc_weight: float = 0.3  # 0 = pure attention, 1 = pure CTC (no speller)
     label_smoothing: float = 0.1
     sampling_prob: float = 0.0  # scheduled sampling: feed back the argmax with this probability
-    # An asr.specaugment policy name; "custom" takes the values of the specaug config section.
-    specaug_policy: str = "SM"
     # Subtract each utterance's own mean (cepstral mean normalisation) instead of the corpus mean: it
     # removes a speaker's or microphone's fixed spectral tilt, which helps on speakers unseen in training.
     utterance_cmn: bool = False
@@ -111,15 +109,6 @@ class ModelConfig:
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (0.0 <= self.sampling_prob <= 1.0, "sampling_prob must be in [0, 1]"),
         ]
-        from asr.specaugment import POLICIES
-
-        policies = (*POLICIES, "custom", "none")
-        checks.append(
-            (
-                self.specaug_policy in policies,
-                f"specaug_policy must be one of {', '.join(policies)}",
-            )
-        )
         if self.attention == "multihead":
             heads = self.attention_heads
             checks += [
@@ -602,8 +591,8 @@ def decoder_io(targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]
 class LAS(nn.Module):
     """Listen-Attend-Spell with joint CTC, global CMVN and SpecAugment (training mode only).
 
-    ``specaug`` (an ``asr.specaugment.SpecAugmentConfig``) supplies the augmentation settings; its
-    policy is replaced by ``cfg.specaug_policy``, which decides. Without it the policy's defaults apply.
+    ``specaug`` (an ``asr.specaugment.SpecAugmentConfig``, the ``specaug`` section of an experiment)
+    decides the augmentation, its policy included; None builds a model without SpecAugment.
     """
 
     def __init__(self, cfg: ModelConfig, specaug=None):
@@ -615,7 +604,7 @@ class LAS(nn.Module):
         self.cfg = cfg
         self.register_buffer("cmvn_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("cmvn_istd", torch.ones(cfg.n_mels))
-        self.specaug = _build_specaug(cfg.specaug_policy, specaug)
+        self.specaug = _build_specaug(specaug)
         self.listener = Listener(cfg)
         enc_dim = self.listener.output_dim
         self.decoder = Speller(cfg, enc_dim) if cfg.ctc_weight < 1.0 else None
@@ -721,10 +710,9 @@ class LAS(nn.Module):
         )
 
 
-def _build_specaug(policy: str, specaug_cfg) -> nn.Module | None:
-    if policy == "none":
+def _build_specaug(specaug_cfg) -> nn.Module | None:
+    if specaug_cfg is None or specaug_cfg.policy == "none":
         return None
-    from asr.specaugment import SpecAugment, SpecAugmentConfig
+    from asr.specaugment import SpecAugment
 
-    base = specaug_cfg if specaug_cfg is not None else SpecAugmentConfig()
-    return SpecAugment(dataclasses.replace(base, policy=policy))
+    return SpecAugment(specaug_cfg)

@@ -61,7 +61,7 @@ class SpecAugmentConfig:
     augmentation. :meth:`resolve` returns the effective settings.
     """
 
-    policy: str = "LD"
+    policy: str = "SM"
     time_warp: int = 80  # W: max warp distance in frames
     freq_mask_width: int = 27  # F: max width of one frequency mask, in mel bins
     num_freq_masks: int = 2  # mF

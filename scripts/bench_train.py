@@ -38,6 +38,7 @@ import torch
 from asr import ops
 from asr.config import from_dict, load_yaml_sections
 from asr.model import LAS, ModelConfig, output_lengths
+from asr.specaugment import SpecAugmentConfig
 from asr.tokenizer import IGNORE_ID
 
 FRAMES_PER_SECOND = 100  # 10 ms hop
@@ -66,21 +67,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def model_config(name: str, args) -> tuple[ModelConfig, float]:
-    """The named configuration and its batch duration (s)."""
+def model_config(name: str, args) -> tuple[ModelConfig, SpecAugmentConfig, float]:
+    """The named configuration, its SpecAugment settings and its batch duration (s)."""
     if name == "default":
-        cfg, duration = ModelConfig(vocab_size=args.vocab_size), args.max_duration
+        cfg, spec, duration = ModelConfig(vocab_size=args.vocab_size), SpecAugmentConfig(), args.max_duration
     elif name == "librispeech":
         sections = load_yaml_sections(LIBRISPEECH_YAML)
         cfg = from_dict(ModelConfig, {**sections.get("model", {}), "vocab_size": 5000}, "model")
+        spec = from_dict(SpecAugmentConfig, sections.get("specaug", {}), "specaug")
         duration = args.ls_max_duration
     else:
         raise SystemExit(f"bench train: unknown configuration {name!r}: expected default or librispeech")
     if args.attention is not None:
         cfg = dataclasses.replace(cfg, attention=args.attention)
     if args.specaug_policy is not None:
-        cfg = dataclasses.replace(cfg, specaug_policy=args.specaug_policy)
-    return cfg, duration
+        spec = dataclasses.replace(spec, policy=args.specaug_policy)
+    return cfg, spec, duration
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,9 +207,9 @@ def measure(args, name: str, dtypes: Sequence[str], rank: int = 0, barrier=None,
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed + rank)
     gen = torch.Generator().manual_seed(args.seed + rank)
-    cfg, duration = model_config(name, args)
+    cfg, spec, duration = model_config(name, args)
     device = torch.device(args.device)
-    base = LAS(cfg).to(device).train()
+    base = LAS(cfg, spec).to(device).train()
     models = {dt: copy.deepcopy(base) for dt in dtypes}
     opts = {dt: torch.optim.Adam(m.parameters(), lr=1e-4) for dt, m in models.items()}
     batches = [make_batch(args, gen, cfg.n_mels, cfg.vocab_size, duration) for _ in range(args.steps + 1)]

@@ -160,8 +160,9 @@ def tiny_experiment_config(**train):
             "listener_hidden": 64, "listener_layers": 1, "pyramid_layers": 2, "dropout": 0.0,
             "attention": "location", "attention_dim": 64, "location_channels": 4, "location_kernel": 11,
             "embed_dim": 32, "decoder_hidden": 96, "decoder_dropout": 0.0, "ctc_weight": 0.3,
-            "label_smoothing": 0.0, "specaug_policy": "none",
+            "label_smoothing": 0.0,
         },
+        "specaug": {"policy": "none"},
         "train": {
             "seed": 0, "lr": 4e-3, "warmup_steps": 15, "lr_schedule": "constant", "max_epochs": 200,
             "max_steps": 200, "max_duration": 6.0, "num_buckets": 2, "grad_clip": 5.0, "num_workers": 0,

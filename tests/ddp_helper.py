@@ -51,7 +51,8 @@ def tiny_exp_config():
         "features": {"n_mels": 16},
         "model": {"vocab_size": 12, "n_mels": 16, "listener_hidden": 16, "pyramid_layers": 1, "dropout": 0.0,
                   "attention_dim": 16, "location_channels": 2, "location_kernel": 5, "embed_dim": 8,
-                  "decoder_hidden": 16, "decoder_dropout": 0.0, "label_smoothing": 0.0, "specaug_policy": "none"},
+                  "decoder_hidden": 16, "decoder_dropout": 0.0, "label_smoothing": 0.0},
+        "specaug": {"policy": "none"},
     }, "ddp-test")
 
 

@@ -209,7 +209,7 @@ def test_resume_is_exact_with_augmentation_and_a_specaugment_schedule(tiny_corpu
 
     def noisy(**kw):
         cfg = tiny_config(**common, **kw)
-        model = replace(cfg.model, dropout=0.2, specaug_policy="custom")
+        model = replace(cfg.model, dropout=0.2)
         spec = replace(cfg.specaug, policy="custom", freq_mask_width=8, num_freq_masks=1, time_mask_width=10,
                        num_time_masks=1, time_warp=0, start_step=2, ramp_steps=3)
         aug = AugmentConfig(vtlp=0.1, tempo=0.1, noise_prob=0.5, babble_prob=0.5)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not ops.bf16_supported("cpu"), reason="this CPU 
 
 VOCAB = 12
 TINY = dict(n_mels=8, vocab_size=VOCAB, listener_hidden=16, attention_dim=12, attention_heads=2,
-            location_channels=3, location_kernel=5, embed_dim=8, decoder_hidden=16, specaug_policy="none",
+            location_channels=3, location_kernel=5, embed_dim=8, decoder_hidden=16,
             dropout=0.0, decoder_dropout=0.0)
 
 

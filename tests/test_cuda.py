@@ -41,7 +41,7 @@ def test_out_of_memory_batch_is_retried_in_halves(tiny_config, monkeypatch):
 
     device = torch.device("cuda")
     cfg = ModelConfig(n_mels=8, vocab_size=12, listener_hidden=16, attention_dim=12, embed_dim=8,
-                      decoder_hidden=16, specaug_policy="none", dropout=0.0, decoder_dropout=0.0)
+                      decoder_hidden=16, dropout=0.0, decoder_dropout=0.0)
     torch.manual_seed(0)
     model = LAS(cfg).to(device).train()
     g = torch.Generator().manual_seed(0)

@@ -40,7 +40,7 @@ def small_las(seed: int, vocab: int = VOCAB, ctc_weight: float = 0.3) -> LAS:
     torch.manual_seed(seed)
     cfg = ModelConfig(n_mels=16, vocab_size=vocab, listener_hidden=24, pyramid_layers=2, attention_dim=24,
                       location_channels=4, location_kernel=5, embed_dim=16, decoder_hidden=32, dropout=0.0,
-                      decoder_dropout=0.0, ctc_weight=ctc_weight, specaug_policy="none")
+                      decoder_dropout=0.0, ctc_weight=ctc_weight)
     return LAS(cfg).eval()
 
 

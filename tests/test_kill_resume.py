@@ -8,6 +8,7 @@ it, so the test can kill inside that window.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -32,8 +33,8 @@ MAX_STEPS = 40  # more than 5 launches (each killed 1-3 updates in, plus <= 0.1 
 def _config(tiny_config):
     cfg = tiny_config(max_steps=MAX_STEPS, checkpoint_every_steps=1, keep_checkpoints=3, max_duration=3.0,
                       dev_wer_utts=2, warmup_steps=2)
-    model = replace(cfg.model, dropout=0.2, decoder_dropout=0.2, specaug_policy="LD")
-    return type(cfg)(cfg.features, cfg.specaug, model, cfg.train)
+    model = replace(cfg.model, dropout=0.2, decoder_dropout=0.2)
+    return dataclasses.replace(cfg, model=model, specaug=replace(cfg.specaug, policy="LD"))
 
 
 def _newest_step(folder: Path, above: int = -1) -> int:

@@ -97,8 +97,7 @@ def test_fusion_with_a_large_weight_pulls_hypotheses_towards_the_lm(trained, tok
     lm, _ = load_lm(out)
     torch.manual_seed(3)
     cfg = ModelConfig(n_mels=16, vocab_size=tokenizer.vocab_size, listener_hidden=16, pyramid_layers=2,
-                      attention_dim=16, embed_dim=8, decoder_hidden=16, dropout=0.0, decoder_dropout=0.0,
-                      specaug_policy="none")
+                      attention_dim=16, embed_dim=8, decoder_hidden=16, dropout=0.0, decoder_dropout=0.0)
     model = LAS(cfg).eval()
     with torch.no_grad():
         enc, lens = model.encode(torch.randn(2, 60, 16), torch.tensor([60, 52]))

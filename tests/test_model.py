@@ -16,6 +16,7 @@ from asr.model import (
     lengths_to_mask,
     output_lengths,
 )
+from asr.specaugment import SpecAugmentConfig
 from asr.tokenizer import EOS_ID, IGNORE_ID, SOS_ID
 
 VOCAB = 12
@@ -29,7 +30,6 @@ TINY = dict(
     location_kernel=5,
     embed_dim=8,
     decoder_hidden=16,
-    specaug_policy="none",
 )
 
 
@@ -54,8 +54,8 @@ def _bench_train():
     return module
 
 
-def tiny_model(**overrides) -> LAS:
-    return LAS(ModelConfig(**{**TINY, **overrides}))
+def tiny_model(specaug=None, **overrides) -> LAS:
+    return LAS(ModelConfig(**{**TINY, **overrides}), specaug)
 
 
 def make_batch(lengths, target_lengths, n_mels=8, pad_value=100.0):
@@ -350,7 +350,7 @@ def test_cmvn_normalises_the_input():
 
 
 def test_specaugment_only_in_training():
-    model = tiny_model(specaug_policy="LD", dropout=0.0)
+    model = tiny_model(SpecAugmentConfig(policy="LD"), dropout=0.0)
     feats, lengths, _, _ = make_batch([400, 300], [1, 1], pad_value=0.0)
     with torch.no_grad():
         first, _ = model.encode(feats, lengths)
@@ -377,7 +377,6 @@ def test_specaugment_only_in_training():
         dict(label_smoothing=-0.1),
         dict(sampling_prob=2.0),
         dict(decoder_layers=0),
-        dict(specaug_policy=""),
     ],
 )
 def test_config_validation(bad):
@@ -388,10 +387,27 @@ def test_config_validation(bad):
     assert "conf.yaml [model]" in str(info.value)
 
 
+def test_specaug_policy_is_one_setting_and_old_configs_still_load():
+    from asr.config import ExperimentConfig
+
+    cfg = ExperimentConfig.from_sections({})
+    assert cfg.specaug.policy == "SM"  # the one default
+    assert not hasattr(cfg.model, "specaug_policy")
+    # A config or checkpoint from before the key moved: model.specaug_policy becomes specaug.policy.
+    old = ExperimentConfig.from_sections({"model": {"specaug_policy": "none"}, "specaug": {"freq_mask_width": 5}})
+    assert old.specaug.policy == "none" and old.specaug.freq_mask_width == 5
+    with pytest.raises(ConfigError, match="contradicts"):
+        ExperimentConfig.from_sections({"model": {"specaug_policy": "LD"}, "specaug": {"policy": "SM"}})
+    with pytest.raises(ConfigError, match="specaug"):
+        ExperimentConfig.from_sections({"specaug": {"policy": ""}})
+    assert tiny_model(SpecAugmentConfig(policy="none")).specaug is None
+    assert tiny_model(SpecAugmentConfig(policy="LD")).specaug is not None
+
+
 def test_model_needs_a_vocabulary():
     ModelConfig()  # vocab_size 0 means "not set yet" and is a valid config
     with pytest.raises(ValueError, match="vocab_size"):
-        LAS(ModelConfig(specaug_policy="none"))
+        LAS(ModelConfig())
 
 
 # -- FLOPs and training sanity -------------------------------------------------------------------

@@ -6,6 +6,8 @@ falls in the middle of an epoch, so it only matches if the sampler continues whe
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from asr import checkpoint as ckpt
@@ -15,8 +17,8 @@ from asr.train import train
 
 
 def _noisy(cfg):
-    model = replace(cfg.model, dropout=0.3, decoder_dropout=0.3, specaug_policy="LD", sampling_prob=0.2)
-    return type(cfg)(cfg.features, cfg.specaug, model, cfg.train)
+    model = replace(cfg.model, dropout=0.3, decoder_dropout=0.3, sampling_prob=0.2)
+    return dataclasses.replace(cfg, model=model, specaug=replace(cfg.specaug, policy="LD"))
 
 
 def test_resume_equals_uninterrupted(tiny_corpus, tiny_config, tmp_path):
