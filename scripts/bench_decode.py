@@ -1,10 +1,11 @@
 """Decoding speed (real-time factor, one thread) per backend, against pocketsphinx in the same run.
 
-    python scripts/benchmark.py decode [--model recipes/mini/exp/default/final] [--backend torch,onnx,onnx-int8]
+    python scripts/benchmark.py decode [--model recipes/mini/exp/default/final] [--backend torch,torch-bf16,onnx,onnx-int8]
                                        [--manifest recipes/mini/data/default/manifests/test.jsonl]
                                        [--clips a.flac b.wav ...] [--max-clips 20] [--beam N] [--ctc-weight W]
 
-Backends: ``torch`` (the model folder), ``onnx`` and ``onnx-int8`` (the model exported by ``asr export``
+Backends: ``torch`` (the model folder), ``torch-bf16`` (the same under CPU bf16 autocast,
+``DecodeOptions(dtype="bf16")``; left out with a note where the CPU has no bf16 units), ``onnx`` and ``onnx-int8`` (the model exported by ``asr export``
 into a temporary folder, fp32 and with ``--quantize int8``, run on onnxruntime). Each backend runs in its
 own process (so its peak RSS is its own, and the onnx ones never import torch), one after another,
 with one CPU thread. For every backend, on the same clips:
@@ -15,7 +16,7 @@ with one CPU thread. For every backend, on the same clips:
 4. peer: pocketsphinx with its bundled en-us model and default config, one clip at a time.
 
 The search is the same code for every backend. RTF = wall-clock seconds / audio seconds (lower is
-faster); ratios are against torch fp32 and against pocketsphinx. WER is the beam run's, on the clips'
+faster); ratios are against the first backend (torch fp32 by default: so torch-bf16's is bf16 / fp32) and against pocketsphinx. WER is the beam run's, on the clips'
 transcripts: ``--manifest`` clips (e.g. the mini test set) or real-speech clips. Install size is the
 on-disk size of the installed distributions each backend needs (the package and its requirements).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,7 +38,7 @@ import numpy as np
 
 REAL_SPEECH = Path("/work/shared/data/real-speech")
 FSDD = Path("/work/shared/data/fsdd/recordings")
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 # What each backend imports at run time (beyond this package); the onnx set is the `asr[onnx]` extra.
 RUNTIME = {"torch": ["torch", "numpy", "soundfile", "sentencepiece"],
            "onnx": ["onnxruntime", "numpy", "soundfile", "sentencepiece"]}
@@ -44,7 +46,9 @@ RUNTIME = {"torch": ["torch", "numpy", "soundfile", "sentencepiece"],
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", type=Path, default=Path("recipes/mini/exp/default/final"), help="model folder")
-    parser.add_argument("--backend", default="torch,onnx,onnx-int8", help="comma list of torch, onnx, onnx-int8")
+    parser.add_argument("--backend", default="torch,torch-bf16,onnx,onnx-int8",
+                        help="comma list of torch, torch-bf16 (torch under CPU bf16 autocast, where the CPU has "
+                        "bf16 units), onnx, onnx-int8")
     parser.add_argument("--manifest", type=Path, default=None, help="clips and references from a manifest")
     parser.add_argument("--clips", type=Path, nargs="+", default=None,
                         help="audio files (default: --manifest, else real-speech clips, else FSDD recordings)")
@@ -142,7 +146,7 @@ def worker(args) -> dict:
     else:
         from asr.inference import Recognizer
 
-        backend = "torch" if args.worker == "torch" else "onnx"
+        backend = "torch" if args.worker.startswith("torch") else "onnx"
         if backend == "torch":
             import torch
 
@@ -150,6 +154,8 @@ def worker(args) -> dict:
         rec = Recognizer.from_dir(args.model, backend=backend, threads=1)
         waves = [load_audio(p, rec.sample_rate) for p in paths]
         greedy, beam = _options(args)
+        if args.worker == "torch-bf16":  # encoder and search under CPU bf16 autocast (DecodeOptions.dtype)
+            greedy, beam = dataclasses.replace(greedy, dtype="bf16"), dataclasses.replace(beam, dtype="bf16")
         decode_ours(rec, waves[:1], greedy)  # warm-up: first-call allocations and lazy imports
         runs = {"greedy": decode_ours(rec, waves, greedy), "beam": decode_ours(rec, waves, beam),
                 "beam_batch8": decode_ours(rec, waves, beam, 8)}
@@ -226,6 +232,12 @@ def run(args) -> dict:
                f"recipes/mini/run.sh, or pass --model DIR")
         print(msg)
         return {"error": msg}
+    if "torch-bf16" in backends:
+        from asr.ops import bf16_supported
+
+        if not bf16_supported("cpu"):
+            print("torch-bf16 left out: this CPU has no bf16 units (avx512_bf16 / amx_bf16)")
+            backends.remove("torch-bf16")
     ids, paths, refs = load_clips(args)
     if not paths:
         print("no clips found: pass --clips or --manifest")
@@ -237,7 +249,7 @@ def run(args) -> dict:
     results: dict = {"clips": len(paths), "audio_seconds": round(audio_seconds, 2), "model": str(args.model),
                      "beam": beam.beam_size, "ctc_weight": beam.ctc_weight, "backends": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {"torch": args.model}
+        folders = {"torch": args.model, "torch-bf16": args.model}
         for name, quantize in (("onnx", "none"), ("onnx-int8", "int8")):
             if name in backends:
                 folders[name] = Path(tmp) / name

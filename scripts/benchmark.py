@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-SECTIONS = ["frontend", "data", "train", "decode", "decode_bf16", "transcribe", "serve"]
+SECTIONS = ["frontend", "data", "train", "decode", "transcribe", "serve"]
 
 
 def main(argv=None) -> int:

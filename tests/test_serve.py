@@ -160,6 +160,22 @@ def test_upload_beam_option_is_used(srv, speech, recognizer):
     assert status == 200 and _segments(body) == offline
 
 
+def test_upload_nbest_lists_alternatives(srv, speech, recognizer):
+    from asr.serve.sessions import decode_options
+    from asr.transcribe import transcribe
+
+    offline = transcribe(recognizer, speech[2], decode_options(3, 3))
+    status, _, body = http("POST", srv.url + "/v1/transcribe?beam=3&nbest=3", speech[2].read_bytes())
+    assert status == 200
+    segs = json.loads(body)["segments"]
+    assert [s["alternatives"] for s in segs] == [s.alternatives for s in offline]
+    assert all(1 <= len(s["alternatives"]) <= 3 for s in segs)
+    scores = [a["score"] for a in segs[0]["alternatives"]]
+    assert scores == sorted(scores, reverse=True)
+    status, _, body = http("POST", srv.url + "/v1/transcribe?beam=3", speech[2].read_bytes())
+    assert all("alternatives" not in s for s in json.loads(body)["segments"])
+
+
 @pytest.mark.parametrize("query, reason", [
     ("format=docx", "format must be one of"),
     ("beam=0", "beam must be in"),

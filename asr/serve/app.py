@@ -119,15 +119,13 @@ class Server:
             fmt, beam, nbest = parse_query(dict(request.query_params), self.cfg.beam)
         except ProtocolError as e:
             return _error(400, str(e))
-        if nbest > 1:
-            return _error(400, "nbest > 1 is not available yet: the recognizer returns one hypothesis per segment")
         reason = self.admission.enter()
         if reason:
             return _error(503, reason)
         work = Path(tempfile.mkdtemp(prefix="asr-upload-"))
         try:
             path = await self._receive_upload(request, work / "upload")
-            return await self._transcribe_file(path, fmt, beam)
+            return await self._transcribe_file(path, fmt, beam, nbest)
         except _TooLarge:
             return _error(413, f"upload exceeds the limit of {self.cfg.max_upload_bytes} bytes (--max-upload-mb)")
         except ProtocolError as e:
@@ -156,13 +154,13 @@ class Server:
             raise ProtocolError("empty upload: send audio as the body or as a multipart file field")
         return dest
 
-    async def _transcribe_file(self, path: Path, fmt: str, beam: int) -> Response:
+    async def _transcribe_file(self, path: Path, fmt: str, beam: int, nbest: int = 1) -> Response:
         from asr.audio import audio_duration
         from asr.transcribe import transcribe
 
         try:
             duration = await self.pool.run(audio_duration, path)
-            segments = await self.pool.run(transcribe, self.recognizer, path, decode_options(beam))
+            segments = await self.pool.run(transcribe, self.recognizer, path, decode_options(beam, nbest))
         except AsrError as e:
             return _error(400, f"upload: {e.reason}")
         return _render(segments, fmt, duration)

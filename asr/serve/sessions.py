@@ -72,12 +72,14 @@ class ServeConfig:
             raise ValueError("max_stream_seconds, idle_timeout, partial_interval and send_timeout must be > 0")
 
 
-def decode_options(beam: int) -> DecodeOptions:
+def decode_options(beam: int, nbest: int = 1) -> DecodeOptions:
     """The search of a request: beam 1 is greedy search (no CTC prefix score), else beam search with
-    the ``DecodeOptions`` defaults."""
+    the ``DecodeOptions`` defaults, keeping ``nbest`` (<= beam) hypotheses per segment."""
     from asr.decoding import DecodeOptions
 
-    return DecodeOptions(beam_size=1, ctc_weight=0.0) if beam == 1 else DecodeOptions(beam_size=beam)
+    if beam == 1:
+        return DecodeOptions(beam_size=1, ctc_weight=0.0)
+    return DecodeOptions(beam_size=beam, nbest=nbest)
 
 
 class ProtocolError(Exception):
@@ -191,6 +193,7 @@ def segment_json(index: int, seg: Segment) -> dict:
     """A Segment as the protocol's JSON: times in seconds, words as objects with their confidence."""
     return {"segment": index, "start": seg.start, "end": seg.end, "text": seg.text,
             "confidence": seg.confidence,
+            **({"alternatives": seg.alternatives} if seg.alternatives else {}),
             "words": [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
                       for w in seg.words]}
 
