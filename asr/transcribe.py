@@ -853,10 +853,7 @@ def transcribe_stream(
 
 def _echo(line: str, stream: IO[str]) -> None:
     """Print a line without tearing a progress bar that tqdm draws on the terminal's stderr."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # no tqdm, no bar to tear
-        tqdm = None
+    tqdm = _tqdm()
     if tqdm is not None and sys.stderr.isatty():
         with tqdm.external_write_mode(file=sys.stderr):
             print(line, file=stream, flush=True)
@@ -916,10 +913,7 @@ def transcribe_inputs(
     hotwords (see :func:`iter_segments`). Several inputs get a files bar on a terminal's stderr (when
     tqdm is installed: a minimal install for exported models leaves it out).
     """
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = _NoBar
+    tqdm = _tqdm() or _NoBar
 
     formats, output_dir = parse_formats(cfg.formats), Path(cfg.output_dir)
     stdout = stdout if stdout is not None else sys.stdout
@@ -973,6 +967,16 @@ def _transcribe_one(recognizer, source, root, stem, formats, options, cfg, vad, 
     return res
 
 
+def _tqdm():
+    """tqdm's bar class, or None where tqdm is not installed (a minimal install for exported models
+    leaves it out: transcription then shows no bars)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
 class _NoBar:
     """Stands in for tqdm where it is not installed: takes its calls, shows nothing."""
 
@@ -992,9 +996,8 @@ PROGRESS_MIN_SECONDS = 60.0  # shorter files finish before a bar would tell anyt
 def _with_progress(blocks: Iterator[np.ndarray], source: str, sample_rate: int) -> Iterator[np.ndarray]:
     """Show a tqdm bar of audio seconds read, for long files on a terminal only (so logs stay clean; not
     without tqdm, which a minimal install for exported models leaves out)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
+    tqdm = _tqdm()
+    if tqdm is None:
         yield from blocks
         return
 
