@@ -2,8 +2,9 @@
 
 The server runs as ``python -m asr serve --port 0`` in its own process; the clients share one asyncio
 loop here. Each stream sends ``--stream-seconds`` of utterances joined by 1 s pauses, in 100 ms frames at
-real-time pace. Latency of a final = its arrival - (stream start + the segment's end of speech). A level
-of N streams passes when every stream got its end message within 2 s of its last frame and the p95
+real-time pace. Latency of a final = its arrival - (stream start + the segment's end of speech). Every
+level's transcripts are compared with a quiet lone stream's (``identical_to_quiet``). A level of N
+streams passes when every stream got its end message within 2 s of its last frame and the p95
 latency is <= ``--max-p95`` s. The ladder stops at the first level that fails; the largest passing N is
 reported, then uploads per second of one stream-sized WAV (``--upload-concurrency`` at a time).
 
@@ -68,6 +69,7 @@ async def _one_stream(ws_url: str, pcm: bytes, delay: float) -> dict:
     await asyncio.sleep(delay)
     frame = int(FRAME_SECONDS * SR) * 2
     latencies: list[float] = []
+    texts: list[str] = []
     async with websockets.connect(ws_url, max_size=None, open_timeout=60) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": SR, "format": "s16le",
                                   "options": {"partials": True}}))
@@ -80,6 +82,7 @@ async def _one_stream(ws_url: str, pcm: bytes, delay: float) -> dict:
                 msg = json.loads(raw)
                 if msg["type"] == "final":
                     latencies.append(time.perf_counter() - (t0 + msg["end"]))
+                    texts.append(msg["text"])
                 elif msg["type"] in ("end", "error"):
                     done.set_result(msg)
                     return
@@ -92,7 +95,7 @@ async def _one_stream(ws_url: str, pcm: bytes, delay: float) -> dict:
         await ws.send(json.dumps({"type": "end"}))
         end = await asyncio.wait_for(done, 120)
         await task
-    return {"latencies": latencies, "tail": time.perf_counter() - sent, "ok": end["type"] == "end",
+    return {"latencies": latencies, "text": " ".join(texts), "tail": time.perf_counter() - sent, "ok": end["type"] == "end",
             "send_lag": sent - (t0 + len(pcm) / 2 / SR)}
 
 
@@ -102,7 +105,7 @@ async def _level(ws_url: str, pcm: bytes, n: int) -> dict:
     return {"streams": n, "finals": int(sum(len(r["latencies"]) for r in runs)),
             "p50": round(float(np.percentile(lat, 50)), 3), "p95": round(float(np.percentile(lat, 95)), 3),
             "max_tail": round(max(r["tail"] for r in runs), 3), "max_send_lag": round(max(r["send_lag"] for r in runs), 3),
-            "all_ended": all(r["ok"] for r in runs)}
+            "all_ended": all(r["ok"] for r in runs), "texts": [r["text"] for r in runs]}
 
 
 def _uploads(url: str, wav: bytes, count: int, concurrency: int) -> float:
@@ -136,8 +139,13 @@ def run(args) -> dict:
     proc, url = _start_server(args)
     results, best = [], 0
     try:
+        # Every stream sends the same audio, so under load each must get a quiet lone stream's transcript.
+        quiet = asyncio.run(_level("ws" + url[4:] + "/v1/stream", pcm, 1))["texts"][0]
+        print(f"quiet single stream: {quiet[:100]!r}{'...' if len(quiet) > 100 else ''}", flush=True)
         for n in [int(x) for x in args.levels.split(",") if int(x) <= args.max_streams]:
             r = asyncio.run(_level("ws" + url[4:] + "/v1/stream", pcm, n))
+            texts = r.pop("texts")
+            r["identical_to_quiet"] = f"{sum(t == quiet for t in texts)}/{len(texts)}"
             r["keeps_up"] = r["all_ended"] and r["p95"] <= args.max_p95 and r["max_tail"] <= 2.0
             results.append(r)
             print(json.dumps(r), flush=True)
@@ -149,7 +157,7 @@ def run(args) -> dict:
         proc.terminate()
         proc.wait(30)
     out = {"model": str(args.model), "stream_seconds": round(len(audio) / SR, 1), "workers": args.workers,
-           "beam": args.beam, "max_realtime_streams": best, "levels": results,
+           "beam": args.beam, "quiet_transcript": quiet, "max_realtime_streams": best, "levels": results,
            "uploads_per_s": round(ups, 2), "upload_audio_x_realtime": round(ups * len(audio) / SR, 1)}
     print(f"largest N keeping up (p95 final latency <= {args.max_p95} s): {best}; "
           f"uploads: {out['uploads_per_s']}/s ({out['upload_audio_x_realtime']}x real time)")
