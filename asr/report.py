@@ -39,6 +39,24 @@ def _stage_time(exp_dir: Path, stage: int) -> str:
     return "n/a"
 
 
+def precision_description(config: str = "") -> str:
+    """e.g. ``fp32 (train.amp: none; CPU bf16 units: amx_bf16, avx512_bf16)``: how the config trains here."""
+    from asr import ops
+    from asr.config import load_yaml_sections
+    from asr.errors import ConfigError
+    from asr.train.config import TrainConfig
+
+    mode = TrainConfig().amp
+    if config:
+        try:
+            mode = str(load_yaml_sections(config).get("train", {}).get("amp", mode))
+        except ConfigError:
+            pass  # the table still gets written; the config line names the file
+    dtype = ops.amp_dtype(mode, "cpu") if mode != "fp16" else None
+    units = ", ".join(sorted(ops.cpu_bf16_flags())) or "none"
+    return f"{'bf16' if dtype is not None else 'fp32'} (train.amp: {mode}; CPU bf16 units: {units})"
+
+
 def results_table(exp_dir: str | Path, sets: Sequence[str], config: str = "") -> str:
     """Return a Markdown WER/CER table for ``exp_dir/score/<set>/results.json``, with provenance lines."""
     exp_dir = Path(exp_dir)
@@ -59,6 +77,7 @@ def results_table(exp_dir: str | Path, sets: Sequence[str], config: str = "") ->
         f"- config: {config}",
         f"- training time: {_stage_time(exp_dir, 4)}; whole recipe stages: "
         + ", ".join(f"{s}: {_stage_time(exp_dir, s)}" for s in range(8)),
+        f"- precision: {precision_description(config)}",
         f"- machine: {machine_description()}",
     ]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks, each against a named peer measured in the same run, reported as ratios.
 
-    python scripts/benchmark.py frontend|data|train|decode|transcribe|serve|all [options]
+    python scripts/benchmark.py frontend|data|train|lstm|decode|transcribe|serve|all [options]
 
 Each section lives in ``scripts/bench_<section>.py`` with ``add_arguments(parser)`` and ``run(args)``.
 """
@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-SECTIONS = ["frontend", "data", "train", "decode", "transcribe", "serve"]
+SECTIONS = ["frontend", "data", "train", "lstm", "decode", "transcribe", "serve"]
 
 
 def main(argv=None) -> int:
