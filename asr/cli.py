@@ -220,6 +220,11 @@ def _add_decode(sub) -> None:
                    help="inference precision (default: DecodeOptions, fp32); bf16 needs CPU bf16 units or CUDA")
     p.add_argument("-o", "--option", action="append", metavar="decode.KEY=VALUE",
                    help="any other DecodeOptions field, e.g. -o decode.length_penalty=0.5")
+    p.add_argument("--vtln", action="store_true", default=None,
+                   help="per speaker (the manifest's speaker field), decode with the filterbank warp the model "
+                        "finds most likely (test-time VTLN; torch backend)")
+    p.add_argument("--vtln-utts", type=_positive_int, default=None,
+                   help="utterances per speaker that choose its warp (default 50)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.set_defaults(func=_run_decode)
 
@@ -238,7 +243,7 @@ def _run_decode(args) -> int:
     options = replace(DecodeOptions(), "decode flags", **{**flags, **extra.get("decode", {})})
     run = replace(DecodeRunConfig(), "decode flags", **_given(
         batch_size=args.batch_size, nj=args.nj, device=args.device, backend=args.backend,
-        lm_dir=None if args.lm is None else str(args.lm),
+        lm_dir=None if args.lm is None else str(args.lm), vtln=args.vtln, vtln_utts=args.vtln_utts,
         progress=False if args.no_progress else None))
     result = decode_manifest(args.model, args.manifest, args.out_dir, options, run)
     print(f"decode: {result.num_decoded}/{result.num_utts} utterances -> {args.out_dir / 'hyps.jsonl'} "

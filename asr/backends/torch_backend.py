@@ -41,6 +41,8 @@ class TorchModel:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.frontend = None
+        self.features = features
+        self.warp = 1.0
         if features is not None:
             from asr.features import LogMel
 
@@ -69,6 +71,16 @@ class TorchModel:
             torch.set_num_threads(threads)
         model, tokenizer, config = load_las(model_dir, map_location=device)
         return cls(model.to(device), config.features), tokenizer, config
+
+    def set_warp(self, warp: float) -> None:
+        """Use the filterbank warped by ``warp`` (1.0: the trained one) for waveform inputs from now on."""
+        from asr.features import LogMel
+
+        if self.features is None:
+            raise ValueError("this model has no frontend to warp")
+        if warp != self.warp:
+            self.frontend = LogMel(self.features, warp=warp).to(self.device).eval()
+            self.warp = warp
 
     @torch.inference_mode()
     def encode(self, inputs: Any, lengths: Any) -> tuple[Tensor, np.ndarray]:
