@@ -20,7 +20,7 @@ import numpy as np
 
 from asr.config import to_dict
 from asr.decoding import DecodeOptions, Hypothesis
-from asr.inference import Recognizer
+from asr.inference import Recognizer, pad_waves
 from asr.io_utils import atomic_write_text
 from asr.text import one_line
 
@@ -139,11 +139,17 @@ def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions,
     return results, failures
 
 
-def _speaker_shards(utts: list, nj: int) -> list[list]:
-    """Up to ``nj`` shards of whole speakers (each speaker's warp is chosen once), balanced by duration."""
+def _by_speaker(utts: list) -> dict[str, list]:
+    """``utts`` grouped by speaker, in order of first appearance."""
     groups: dict[str, list] = {}
     for u in utts:
         groups.setdefault(u.speaker, []).append(u)
+    return groups
+
+
+def _speaker_shards(utts: list, nj: int) -> list[list]:
+    """Up to ``nj`` shards of whole speakers (each speaker's warp is chosen once), balanced by duration."""
+    groups = _by_speaker(utts)
     shards: list[list] = [[] for _ in range(min(nj, len(groups)))]
     loads = [0.0] * len(shards)
     for group in sorted(groups.values(), key=lambda g: -sum(u.duration for u in g)):
@@ -180,9 +186,7 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
     bar = tqdm(total=len(utts), desc=f"decode[{position}]", position=position, unit="utt",
                disable=not run.progress, leave=False)
     # With VTLN each speaker's utterances are decoded together, under the warp chosen for that speaker.
-    groups: dict[str, list] = {}
-    for u in utts:
-        groups.setdefault(u.speaker if run.vtln else "", []).append(u)
+    groups = _by_speaker(utts) if run.vtln else {"": utts}
     for speaker, group in groups.items():
         warp = _speaker_warp(rec, speaker, group, run, failures) if run.vtln else None
         order = sorted(group, key=lambda u: -u.duration)  # similar lengths together: less padding
@@ -200,8 +204,8 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
                         r["speaker"], r["warp"] = speaker, warp
                 results += out
             bar.update(len(batch))
-        if warp is not None:
-            rec.backend.set_warp(1.0)
+    if run.vtln:
+        rec.backend.set_warp(1.0)
     bar.close()
     return results, failures
 
@@ -250,11 +254,7 @@ def _decode_one_by_one(rec: Any, utts: list, waves: list, options: DecodeOptions
 
 def _decode_loaded(rec: Recognizer, utts: list, waves: list, options: DecodeOptions, lm: Any) -> list[dict]:
     """Encode and search one batch of loaded waveforms (each (samples,) float32)."""
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    padded = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
-    for j, w in enumerate(waves):
-        padded[j, : len(w)] = w
-    nbests = rec.decode_batch(padded, lengths, options, lm)
+    nbests = rec.decode_batch(*pad_waves(waves), options, lm)
     return [_result(u, len(w) / rec.sample_rate, hyps, rec.tokenizer) for u, w, hyps in zip(utts, waves, nbests)]
 
 

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 BACKENDS = ("auto", "torch", "onnx")
 
 
+def pad_waves(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded (B, samples) float32 and lengths (B,) int64 of (samples,) arrays: a batch for decoding."""
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    padded = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+    for i, w in enumerate(waves):
+        padded[i, : len(w)] = w
+    return padded, lengths
+
+
 class Recognizer:
     """A model ready for inference: a backend (torch or onnxruntime) and its tokenizer.
 

@@ -41,6 +41,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from asr.errors import AsrError, AudioError, ConfigError
+from asr.inference import pad_waves
 from asr.io_utils import create_temporary
 from asr.text import one_line
 
@@ -479,7 +480,7 @@ def decode_chunks(
     from asr.align import ctc_greedy, word_alignment
 
     sr = recognizer.sample_rate
-    waves, lengths = _pad([c.samples for c in chunks])
+    waves, lengths = pad_waves([c.samples for c in chunks])
     with recognizer.precision(options):
         enc, enc_lengths, ctc = recognizer.encode_with_ctc(waves, lengths)
         nbests = recognizer.decode(enc, enc_lengths, options, lm, context)
@@ -530,15 +531,6 @@ def is_speech(tokens: list[int], avg_logprob: float, ctc_empty: bool, cfg: Trans
     if not tokens or avg_logprob < cfg.min_avg_logprob:
         return False
     return not ctc_empty or avg_logprob >= cfg.no_speech_logprob
-
-
-def _pad(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-padded (B, samples) float32 and lengths (B,) int64."""
-    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-    waves = np.zeros((len(arrays), int(lengths.max())), dtype=np.float32)
-    for i, a in enumerate(arrays):
-        waves[i, : len(a)] = a
-    return waves, lengths
 
 
 @dataclass

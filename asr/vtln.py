@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from asr.decoding import DecodeOptions
+from asr.inference import pad_waves
 
 # Warp factors tried: the training VTLP range (U[0.85, 1.15] in the mini recipe) and one step beyond.
 DEFAULT_GRID = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
@@ -41,10 +42,7 @@ def warp_scores(rec: Any, waves: Sequence[np.ndarray], grid: Sequence[float] = D
     # The speller's log-probability where there is one; a CTC-only model is scored by its CTC path.
     speller = rec.has_speller
     greedy = DecodeOptions(beam_size=1, ctc_weight=0.0 if speller else 1.0)
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    padded = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
-    for j, w in enumerate(waves):
-        padded[j, : len(w)] = w
+    padded, lengths = pad_waves(waves)
     scores = {}
     try:
         for warp in grid:

@@ -91,6 +91,16 @@ def shared_data(name: str) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the benchmark scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def word_edit_distance(ref: list[str], hyp: list[str]) -> int:
     """Levenshtein distance between two word lists, counted here independently of jiwer."""
     row = list(range(len(hyp) + 1))

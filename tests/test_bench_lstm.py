@@ -1,22 +1,14 @@
 """scripts/bench_lstm.py: the fp32-vs-bf16 LSTM kernel benchmark runs and reports consistent rows."""
 
 import argparse
-import importlib.util
-from pathlib import Path
+
+from conftest import load_script
 
 from asr import ops
 
 
-def _module():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_lstm.py"
-    spec = importlib.util.spec_from_file_location("bench_lstm", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_lstm_rows(capsys):
-    mod = _module()
+    mod = load_script("bench_lstm")
     parser = argparse.ArgumentParser()
     mod.add_arguments(parser)
     out = mod.run(parser.parse_args(["--batches", "2,3", "--frames", "5", "--shapes", "8x4", "--repeats", "1"]))

@@ -236,12 +236,12 @@ import json, sys
 import asr
 from asr.audio import load_audio
 from asr.decoding import DecodeOptions
-from asr.transcribe import _pad
+from asr.inference import pad_waves
 rec = asr.load_model(sys.argv[1])
 waves = [load_audio(p, rec.sample_rate) for p in sys.argv[2:]]
 out = {"backend": type(rec.backend).__name__}
 for name, options in (("greedy", DecodeOptions(beam_size=1, ctc_weight=0.0)), ("beam10", DecodeOptions())):
-    out[name] = [nb[0].tokens for nb in rec.decode_batch(*_pad(waves), options)]
+    out[name] = [nb[0].tokens for nb in rec.decode_batch(*pad_waves(waves), options)]
 out["torch_loaded"] = "torch" in sys.modules
 print(json.dumps(out))
 """

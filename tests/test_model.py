@@ -44,14 +44,9 @@ def _seed_and_threads():
 
 def _bench_train():
     """scripts/bench_train.py as a module (it holds the analytic FLOP count)."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_train")
 
 
 def tiny_model(specaug=None, **overrides) -> LAS:

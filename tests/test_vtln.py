@@ -12,7 +12,7 @@ from asr.audio import load_audio
 from asr.cli import EXIT_PARTIAL, main
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.decode_manifest import _speaker_shards
-from asr.inference import Recognizer
+from asr.inference import Recognizer, pad_waves
 from asr.vtln import DEFAULT_GRID, choose_warp, sample_evenly, warp_scores
 
 pytestmark = pytest.mark.slow
@@ -56,13 +56,9 @@ def test_choose_warp_takes_the_best_scoring_grid_point(tiny_model_dir, tiny_corp
     assert choose_warp(rec, waves) == max(scores, key=scores.get)
     assert rec.backend.warp == 1.0
     # The score at 1.0 is the greedy decode's own: the plain frontend, undisturbed by the search.
-    n = np.array([len(w) for w in waves])
-    padded = np.zeros((len(waves), n.max()), np.float32)
-    for i, w in enumerate(waves):
-        padded[i, : len(w)] = w
     from asr.decoding import DecodeOptions
 
-    hyps = rec.decode_batch(padded, n, DecodeOptions(beam_size=1, ctc_weight=0.0))
+    hyps = rec.decode_batch(*pad_waves(waves), DecodeOptions(beam_size=1, ctc_weight=0.0))
     assert scores[1.0] == pytest.approx(np.mean([h[0].log_prob / (len(h[0].tokens) + 1) for h in hyps]))
 
 
