@@ -79,10 +79,11 @@ def decode_manifest(model_dir: str | Path, manifest: str | Path, out_dir: str | 
 
     utts = read_manifest(manifest)
     start = time.perf_counter()
-    if run.nj == 1 or len(utts) == 1 or (run.vtln and len({u.speaker for u in utts}) == 1):
+    per_speaker = run.vtln or _speaker_cmn(model_dir, run)
+    if run.nj == 1 or len(utts) == 1 or (per_speaker and len({u.speaker for u in utts}) == 1):
         results, failures = _decode_shard(str(model_dir), utts, options, run, run.device, 0)
     else:
-        results, failures = _decode_parallel(str(model_dir), utts, options, run)
+        results, failures = _decode_parallel(str(model_dir), utts, options, run, per_speaker)
     warps = {r["speaker"]: r["warp"] for r in results if "warp" in r}
     seconds = time.perf_counter() - start
     by_id = {r["id"]: r for r in results}
@@ -105,12 +106,26 @@ def decode_manifest(model_dir: str | Path, manifest: str | Path, out_dir: str | 
     return summary
 
 
-def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions,
-                     run: DecodeRunConfig) -> tuple[list[dict], list[tuple[str, str]]]:
+def _speaker_cmn(model_dir: str | Path, run: DecodeRunConfig) -> bool:
+    """Whether ``model_dir`` holds a torch model that normalises by speaker (``ModelConfig.speaker_cmn``)."""
+    if run.backend == "onnx":
+        return False  # an exported model uses each utterance's own mean
+    from asr.checkpoint import read_model_dir
+    from asr.errors import AsrError
+
+    try:
+        _, _, sections = read_model_dir(Path(model_dir), "model")
+    except AsrError:
+        return False  # the shard that loads it reports the error
+    return bool((sections.get("model") or {}).get("speaker_cmn"))
+
+
+def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig,
+                     per_speaker: bool) -> tuple[list[dict], list[tuple[str, str]]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if run.vtln:
+    if per_speaker:
         shards = _speaker_shards(utts, run.nj)
         nj = len(shards)
     else:
@@ -185,10 +200,16 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(utts), desc=f"decode[{position}]", position=position, unit="utt",
                disable=not run.progress, leave=False)
-    # With VTLN each speaker's utterances are decoded together, under the warp chosen for that speaker.
-    groups = _by_speaker(utts) if run.vtln else {"": utts}
+    # With VTLN or speaker CMN each speaker's utterances are decoded together, under the warp chosen for
+    # that speaker and minus that speaker's mean.
+    speaker_cmn = getattr(rec.backend, "speaker_cmn", False)
+    groups = _by_speaker(utts) if run.vtln or speaker_cmn else {"": utts}
     for speaker, group in groups.items():
+        if speaker_cmn:
+            _speaker_mean(rec, speaker, group)
         warp = _speaker_warp(rec, speaker, group, run, failures) if run.vtln else None
+        if speaker_cmn and warp not in (None, 1.0):
+            _speaker_mean(rec, speaker, group)  # again, under the chosen warp
         order = sorted(group, key=lambda u: -u.duration)  # similar lengths together: less padding
         for i in range(0, len(order), run.batch_size):
             batch = order[i : i + run.batch_size]
@@ -206,8 +227,19 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
             bar.update(len(batch))
     if run.vtln:
         rec.backend.set_warp(1.0)
+    if speaker_cmn:
+        rec.backend.set_speaker_mean(None)
     bar.close()
     return results, failures
+
+
+def _speaker_mean(rec: Recognizer, speaker: str, group: list) -> None:
+    """Set the backend's speaker mean to the mean log-mel of all of ``group``'s readable audio (Kaldi's
+    per-speaker CMN); with no speaker (or nothing readable) each utterance uses its own mean."""
+    waves, _ = _load_batch(group, rec.sample_rate, []) if speaker else ([], [])
+    waves = [w for w in waves if len(w)]
+    rec.backend.set_speaker_mean(rec.backend.feature_mean(waves) if waves else None)
+    log.info("speaker CMN: speaker %s, mean of %d utterances", speaker or "(none)", len(waves))
 
 
 def _speaker_warp(rec: Recognizer, speaker: str, group: list, run: DecodeRunConfig, failures: list) -> float:

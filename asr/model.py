@@ -73,6 +73,12 @@ class ModelConfig:
     # Subtract each utterance's own mean (cepstral mean normalisation) instead of the corpus mean: it
     # removes a speaker's or microphone's fixed spectral tilt, which helps on speakers unseen in training.
     utterance_cmn: bool = False
+    # Subtract the speaker's mean instead (Kaldi's per-speaker CMN, apply-cmvn --utt2spk). The caller does
+    # it: the training dataset and the decoder hold every speaker's mean log-mel, and :meth:`LAS.encode`
+    # only scales. A short utterance's own mean is mostly its own sounds (a 0.4 s digit is one vowel), so
+    # utterance CMN removes content as well as the voice; a speaker's mean over many utterances does not.
+    # Where no speaker is known (one file, a live stream), the backends fall back to the utterance's mean.
+    speaker_cmn: bool = False
 
     def __post_init__(self):
         checks = [
@@ -108,6 +114,7 @@ class ModelConfig:
             (0.0 <= self.ctc_weight <= 1.0, "ctc_weight must be in [0, 1]"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (0.0 <= self.sampling_prob <= 1.0, "sampling_prob must be in [0, 1]"),
+            (not (self.utterance_cmn and self.speaker_cmn), "utterance_cmn and speaker_cmn exclude each other"),
         ]
         if self.attention == "multihead":
             heads = self.attention_heads
@@ -630,12 +637,15 @@ class LAS(nn.Module):
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Normalise, augment (training only) and listen.
 
-        feats: (B, T, n_mels); lengths: (B,) long. Returns enc (B, T', 2 * listener_hidden) and
+        feats: (B, T, n_mels), for a ``speaker_cmn`` model already minus each speaker's mean (the caller's
+        part, see ``ModelConfig.speaker_cmn``); lengths: (B,) long. Returns enc (B, T', 2 * listener_hidden) and
         enc_lengths (B,) = output_lengths(lengths). Values on padded frames never affect valid outputs.
         """
         lengths = lengths.to(device=feats.device, dtype=torch.long)
         if self.cfg.utterance_cmn:
             x = (feats - utterance_mean(feats, lengths)) * self.cmvn_istd
+        elif self.cfg.speaker_cmn:
+            x = feats * self.cmvn_istd
         else:
             x = (feats - self.cmvn_mean) * self.cmvn_istd
         if self.training and self.specaug is not None:

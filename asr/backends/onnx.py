@@ -95,7 +95,10 @@ class OnnxModel:
         n_mels = int(features["n_mels"])
         if arrays["mel"].ndim != 2 or arrays["mel"].shape[1] != n_mels or arrays["cmvn_mean"].shape != (n_mels,):
             raise CheckpointError(folder / "frontend.npz", f"does not fit the config's {n_mels} mel bands")
-        self.frontend = NumpyFrontend(**arrays, features=features, utterance_cmn=bool(model.get("utterance_cmn")))
+        # An exported model knows no speakers: a speaker_cmn model falls back to each utterance's own mean,
+        # as the torch backend does when no speaker mean is set.
+        self.frontend = NumpyFrontend(**arrays, features=features,
+                                      utterance_cmn=bool(model.get("utterance_cmn") or model.get("speaker_cmn")))
         self.listener = _session(folder / graphs["listener"], threads)
         if _input_dim(self.listener, "feats", 2) != n_mels:
             raise CheckpointError(folder / graphs["listener"], f"takes {_input_dim(self.listener, 'feats', 2)} "

@@ -43,6 +43,7 @@ class TorchModel:
         self.frontend = None
         self.features = features
         self.warp = 1.0
+        self.speaker_mean: Tensor | None = None  # (n_mels,), for a speaker_cmn model; None: each utterance's own
         if features is not None:
             from asr.features import LogMel
 
@@ -82,6 +83,30 @@ class TorchModel:
             self.frontend = LogMel(self.features, warp=warp).to(self.device).eval()
             self.warp = warp
 
+    @property
+    def speaker_cmn(self) -> bool:
+        """Whether the model wants its inputs minus the speaker's mean (``ModelConfig.speaker_cmn``)."""
+        return bool(getattr(self.model.cfg, "speaker_cmn", False))
+
+    def set_speaker_mean(self, mean: Any) -> None:
+        """Subtract ``mean`` ((n_mels,) log-mel, e.g. :meth:`feature_mean` of one speaker's utterances) from
+        every input from now on; None: subtract each utterance's own mean. Only a speaker_cmn model uses it."""
+        self.speaker_mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).to(self.device)
+
+    @torch.inference_mode()
+    def feature_mean(self, waves: list[np.ndarray]) -> np.ndarray:
+        """Mean log-mel over all frames of ``waves`` (each (samples,) float32), under the current warp: (n_mels,)."""
+        total, frames = None, 0
+        for w in waves:
+            f, n = self.frontend(torch.as_tensor(w, dtype=torch.float32)[None].to(self.device),
+                                 torch.tensor([len(w)], device=self.device))
+            f = f[0, : int(n[0])].double()
+            total = f.sum(0) if total is None else total + f.sum(0)
+            frames += f.size(0)
+        if not frames:
+            raise ValueError("no frames to take a mean over")
+        return (total / frames).float().cpu().numpy()
+
     @torch.inference_mode()
     def encode(self, inputs: Any, lengths: Any) -> tuple[Tensor, np.ndarray]:
         """Waveforms (B, samples) or log-mel features (B, T, n_mels), lengths (B,): arrays or tensors.
@@ -94,6 +119,11 @@ class TorchModel:
             inputs, lengths = self.frontend(inputs, lengths)
         elif inputs.dim() != 3:
             raise ValueError(f"expected (batch, samples) or (batch, frames, n_mels), got {tuple(inputs.shape)}")
+        if self.speaker_cmn:
+            from asr.model import utterance_mean
+
+            mean = self.speaker_mean if self.speaker_mean is not None else utterance_mean(inputs, lengths)
+            inputs = inputs - mean
         enc, enc_lengths = self.model.encode(inputs, lengths)
         return enc, enc_lengths.cpu().numpy()
 

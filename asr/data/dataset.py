@@ -139,10 +139,12 @@ class AsrDataset(Dataset):
     feature_cfg: an ``asr.features.FeatureConfig``.
     source: ``"audio"`` (on-the-fly log-mel) or ``"cached"`` (rows of ``asr features`` shards).
     augment: an :class:`asr.augment.Augmenter`, applied to items fetched by ``(epoch, index)`` keys.
+    speaker_cmn: return features minus their speaker's mean log-mel (``ModelConfig.speaker_cmn``), the
+        means taken here over this set's own utterances, once; an utterance with no speaker uses its own.
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: Tokenizer | None, feature_cfg, source: str = "audio",
-                 augment=None):
+                 augment=None, speaker_cmn: bool = False):
         if source not in ("audio", "cached"):
             raise DataError("source", f"must be 'audio' or 'cached', got {source!r}")
         self.utts = list(utts)
@@ -155,6 +157,40 @@ class AsrDataset(Dataset):
         self._shards: dict[str, np.ndarray] = {}
         self.augment = augment if augment is not None and augment.cfg.enabled else None
         self._warped: dict[float, Any] = {}  # VTLP factor -> LogMel with the warped filterbank
+        self.speaker_means: dict[str, torch.Tensor] = {}
+        self._utt_means: torch.Tensor | None = None
+        if speaker_cmn:
+            self._utt_means, self.speaker_means = self._compute_speaker_means()
+
+    def _compute_speaker_means(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each utterance's mean log-mel (N, n_mels), and each speaker's, weighted by frames."""
+        n_mels = self.feature_cfg.n_mels
+        utt_means = torch.zeros(len(self.utts), n_mels)
+        sums: dict[str, torch.Tensor] = {}
+        frames: dict[str, int] = {}
+        for i, u in enumerate(self.utts):
+            try:
+                f = self.features(i)
+            except (AsrError, OSError, ValueError):
+                continue  # __getitem__ reports and skips it
+            if len(f) == 0:
+                continue
+            utt_means[i] = f.mean(dim=0)
+            if u.speaker:
+                sums[u.speaker] = sums.get(u.speaker, torch.zeros(n_mels, dtype=torch.float64)) + f.double().sum(0)
+                frames[u.speaker] = frames.get(u.speaker, 0) + len(f)
+        log.info("speaker CMN: means of %d speakers over %d utterances", len(sums), len(self.utts))
+        return utt_means, {s: (sums[s] / frames[s]).float() for s in sums}
+
+    def _speaker_normalised(self, i: int, feats: torch.Tensor, augmented: bool) -> torch.Tensor:
+        mean = self.speaker_means.get(self.utts[i].speaker)
+        if mean is None:
+            return feats - feats.mean(dim=0) if len(feats) else feats
+        if augmented and len(feats):
+            # As if the speaker's mean had been taken under this utterance's augmentation: a VTLP warp or
+            # added noise moves the mean, and at test time the speaker's own mean would include that move.
+            mean = mean + (feats.mean(dim=0) - self._utt_means[i])
+        return feats - mean
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -213,10 +249,10 @@ class AsrDataset(Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         utt = self.utts[i]
         try:
-            if epoch is not None and self.augment is not None:
-                feats = self.augmented_features(i, epoch)
-            else:
-                feats = self.features(i)
+            augmented = epoch is not None and self.augment is not None
+            feats = self.augmented_features(i, epoch) if augmented else self.features(i)
+            if self._utt_means is not None:
+                feats = self._speaker_normalised(i, feats, augmented)
         except (AsrError, OSError, ValueError) as e:
             log.warning("skipping %s: %s", utt.id, e)
             return {"id": utt.id, "error": str(e)}

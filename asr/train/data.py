@@ -53,13 +53,15 @@ def build_data(exp_config: ExperimentConfig, train_manifest, valid_manifest, tok
         from asr.augment import Augmenter
 
         augment = Augmenter(exp_config.augment, exp_config.features, seed=cfg.seed)
-    train_set = AsrDataset(kept, tokenizer, exp_config.features, source=cfg.feature_source, augment=augment)
+    train_set = AsrDataset(kept, tokenizer, exp_config.features, source=cfg.feature_source, augment=augment,
+                           speaker_cmn=exp_config.model.speaker_cmn)
     sampler = DynamicBucketSampler(train_set.durations, cfg.max_duration, cfg.num_buckets, shuffle=True,
                                    seed=cfg.seed, rank=d.rank, world_size=d.world_size)
     loader = make_loader(train_set, sampler, num_workers=cfg.num_workers, pin_memory=d.device.type == "cuda")
     dev_utts = read_manifest(valid_manifest)
     dev_kept, _ = filter_utterances(dev_utts, cfg.max_utt_seconds, None, feature_cfg=exp_config.features)
-    dev_set = AsrDataset(dev_kept or dev_utts, tokenizer, exp_config.features, source=cfg.feature_source)
+    dev_set = AsrDataset(dev_kept or dev_utts, tokenizer, exp_config.features, source=cfg.feature_source,
+                         speaker_cmn=exp_config.model.speaker_cmn)
     plan = DynamicBucketSampler(train_set.durations, cfg.max_duration, cfg.num_buckets, seed=cfg.seed,
                                 rank=d.rank, world_size=d.world_size)
     return Data(tokenizer, train_set, sampler, loader, dev_set, rejected, len(plan))
