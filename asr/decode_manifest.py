@@ -110,14 +110,14 @@ def _speaker_cmn(model_dir: str | Path, run: DecodeRunConfig) -> bool:
     """Whether ``model_dir`` holds a torch model that normalises by speaker (``ModelConfig.speaker_cmn``)."""
     if run.backend == "onnx":
         return False  # an exported model uses each utterance's own mean
-    from asr.checkpoint import read_model_dir
-    from asr.errors import AsrError
+    import yaml
 
+    # The folder's config.yaml, not model.pt: the weights are loaded once, by the shard that decodes.
     try:
-        _, _, sections = read_model_dir(Path(model_dir), "model")
-    except AsrError:
-        return False  # the shard that loads it reports the error
-    return bool((sections.get("model") or {}).get("speaker_cmn"))
+        sections = yaml.safe_load((Path(model_dir) / "config.yaml").read_text(encoding="utf-8"))
+        return bool(sections["model"].get("speaker_cmn"))
+    except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return False  # the shard that loads the model reports a broken folder
 
 
 def _decode_parallel(model_dir: str, utts: list, options: DecodeOptions, run: DecodeRunConfig,
