@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,17 @@ def test_errors_survive_pickling():
     for err in (AudioError("a.wav", "not audio"), ManifestError("m.jsonl", "bad entry", 3), ConfigError("c", "r")):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/conf/*.yaml")),
+    ids=lambda p: f"{p.parent.parent.name}/{p.name}",
+)
+def test_every_recipe_config_loads(path):
+    # A recipe's config is read only when its training stage starts, minutes into a run: a stale key or a
+    # wrong type should fail here instead.
+    from asr.config import load_experiment_config
+
+    cfg = load_experiment_config(path)
+    assert cfg.model is not None and cfg.train.max_epochs >= 1
