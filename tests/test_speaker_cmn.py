@@ -133,3 +133,26 @@ def test_decode_normalises_each_speaker_and_survives_a_bad_file(speaker_model_di
         hyps = [json.loads(line) for line in (out / "hyps.jsonl").read_text().splitlines()]
         assert [h["id"] for h in hyps] == [u.id for u in utts if u.id != "broken"]
         assert {h["id"]: h["text"] for h in hyps} == expected
+
+
+@pytest.mark.slow
+def test_vtln_scores_each_warp_minus_the_mean_under_that_warp(speaker_model_dir, tiny_corpus):
+    from asr.vtln import warp_scores
+
+    rec = Recognizer.from_dir(speaker_model_dir)
+    be = rec.backend
+    waves = [load_audio(u.audio) for u in tiny_corpus.utts[:4]]
+    before = be.feature_mean(waves)
+    be.set_speaker_mean(before)
+    scores = warp_scores(rec, waves, (0.9, 1.0, 1.15))
+    # Left as found: warp 1.0 and the caller's speaker mean.
+    assert be.warp == 1.0 and torch.equal(be.speaker_mean, torch.as_tensor(before))
+    greedy = DecodeOptions(beam_size=1, ctc_weight=0.0)
+    for warp in (0.9, 1.15):
+        be.set_warp(warp)
+        warped_mean = be.feature_mean(waves)
+        assert np.abs(warped_mean - before).max() > 1e-3  # the warp moves the mean, so the choice matters
+        be.set_speaker_mean(warped_mean)
+        hyps = rec.decode_batch(*pad_waves(waves), greedy)
+        assert scores[warp] == pytest.approx(np.mean([h[0].log_prob / (len(h[0].tokens) + 1) for h in hyps]))
+    be.set_warp(1.0)
