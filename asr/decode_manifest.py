@@ -205,11 +205,10 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
     speaker_cmn = getattr(rec.backend, "speaker_cmn", False)
     groups = _by_speaker(utts) if run.vtln or speaker_cmn else {"": utts}
     for speaker, group in groups.items():
+        # The warp first: the speaker's mean is then taken once, under it (warp_scores takes its own per warp).
+        warp = _speaker_warp(rec, speaker, group, run, failures) if run.vtln else None
         if speaker_cmn:
             _speaker_mean(rec, speaker, group)
-        warp = _speaker_warp(rec, speaker, group, run, failures) if run.vtln else None
-        if speaker_cmn and warp not in (None, 1.0):
-            _speaker_mean(rec, speaker, group)  # again, under the chosen warp
         order = sorted(group, key=lambda u: -u.duration)  # similar lengths together: less padding
         for i in range(0, len(order), run.batch_size):
             batch = order[i : i + run.batch_size]
