@@ -108,11 +108,6 @@ def _run_results(args) -> int:
     return 0
 
 
-def _given(**values):
-    """The flags the user gave (argparse defaults are None, so the dataclass default applies to the rest)."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def _add_search_flags(p) -> None:
     """Search flags shared by decode and transcribe; defaults live in DecodeOptions."""
     p.add_argument("--beam", type=_positive_int, default=None,
@@ -225,25 +220,33 @@ def _add_decode(sub) -> None:
                         "finds most likely (test-time VTLN; torch backend)")
     p.add_argument("--vtln-utts", type=_positive_int, default=None,
                    help="utterances per speaker that choose its warp (default 50)")
+    p.add_argument("--adapt", action="store_true",
+                   help="per speaker, decode twice: fit a feature transform to the first pass's hypotheses, "
+                        "then decode through it (unsupervised speaker adaptation, asr.adapt; torch backend); "
+                        "-o adapt.epochs=N, -o adapt.lr=X change AdaptConfig")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.set_defaults(func=_run_decode)
 
 
 def _run_decode(args) -> int:
-    from asr.config import replace
+    from asr.adapt import AdaptConfig
+    from asr.config import from_dict, replace
     from asr.decode_manifest import DecodeRunConfig, decode_manifest
     from asr.decoding import DecodeOptions
     from asr.errors import ConfigError
 
     extra = _overrides(args.option)
-    if set(extra) - {"decode"}:
-        raise ConfigError(args.option[0], "decode options look like decode.KEY=VALUE")
+    if set(extra) - {"decode", "adapt"}:
+        raise ConfigError(args.option[0], "decode options look like decode.KEY=VALUE or adapt.KEY=VALUE")
+    if "adapt" in extra and not args.adapt:
+        raise ConfigError("-o adapt.*", "adapt options need --adapt")
+    adapt = from_dict(AdaptConfig, extra.get("adapt", {}), "-o adapt.*") if args.adapt else None
     flags = _given(beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, nbest=args.nbest,
                    dtype=args.dtype)
     options = replace(DecodeOptions(), "decode flags", **{**flags, **extra.get("decode", {})})
     run = replace(DecodeRunConfig(), "decode flags", **_given(
         batch_size=args.batch_size, nj=args.nj, device=args.device, backend=args.backend,
-        lm_dir=None if args.lm is None else str(args.lm), vtln=args.vtln, vtln_utts=args.vtln_utts,
+        lm_dir=None if args.lm is None else str(args.lm), vtln=args.vtln, vtln_utts=args.vtln_utts, adapt=adapt,
         progress=False if args.no_progress else None))
     result = decode_manifest(args.model, args.manifest, args.out_dir, options, run)
     print(f"decode: {result.num_decoded}/{result.num_utts} utterances -> {args.out_dir / 'hyps.jsonl'} "

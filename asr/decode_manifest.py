@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.adapt import AdaptConfig
 from asr.config import to_dict
 from asr.decoding import DecodeOptions, Hypothesis
 from asr.inference import Recognizer, pad_waves
@@ -39,6 +40,8 @@ class DecodeRunConfig:
     backend: str = "auto"  # "auto" (onnx for an `asr export` folder, else torch) | "torch" | "onnx"
     vtln: bool = False  # per speaker, the filterbank warp the model likes best (asr.vtln)
     vtln_utts: int = 50  # utterances per speaker that choose its warp (50 beat 20 on the mini dev set)
+    # Per speaker, a second pass through a feature transform fitted to the first pass (asr.adapt); None: off.
+    adapt: AdaptConfig | None = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.nj < 1:
@@ -79,7 +82,7 @@ def decode_manifest(model_dir: str | Path, manifest: str | Path, out_dir: str | 
 
     utts = read_manifest(manifest)
     start = time.perf_counter()
-    per_speaker = run.vtln or _speaker_cmn(model_dir, run)
+    per_speaker = run.vtln or run.adapt is not None or _speaker_cmn(model_dir, run)
     if run.nj == 1 or len(utts) == 1 or (per_speaker and len({u.speaker for u in utts}) == 1):
         results, failures = _decode_shard(str(model_dir), utts, options, run, run.device, 0)
     else:
@@ -96,12 +99,15 @@ def decode_manifest(model_dir: str | Path, manifest: str | Path, out_dir: str | 
                       "".join(f"{u.id}\t{one_line(failed[u.id])}\n" for u in utts if u.id in failed))
     summary = DecodeSummary(len(utts), len(ordered), [(u.id, failed[u.id]) for u in utts if u.id in failed],
                             sum(float(r["duration"]) for r in ordered), seconds)
-    info = {"model": str(model_dir), "manifest": str(manifest), "options": to_dict(options), "run": to_dict(run),
+    run_info = {**to_dict(run), "adapt": None if run.adapt is None else to_dict(run.adapt)}
+    info = {"model": str(model_dir), "manifest": str(manifest), "options": to_dict(options), "run": run_info,
             "num_utts": summary.num_utts, "num_decoded": summary.num_decoded,
             "num_failed": len(summary.failures), "audio_seconds": round(summary.audio_seconds, 3),
             "seconds": round(seconds, 3), "rtf": round(summary.rtf, 5)}
     if run.vtln:
         info["vtln_warps"] = dict(sorted(warps.items()))
+    if run.adapt is not None:
+        info["adapt_losses"] = dict(sorted({r["speaker"]: r["adapt_loss"] for r in results if "adapt_loss" in r}.items()))
     atomic_write_text(out_dir / "decode.json", json.dumps(info, indent=2) + "\n")
     return summary
 
@@ -200,36 +206,72 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(utts), desc=f"decode[{position}]", position=position, unit="utt",
                disable=not run.progress, leave=False)
-    # With VTLN or speaker CMN each speaker's utterances are decoded together, under the warp chosen for
+    # With VTLN, adaptation or speaker CMN each speaker's utterances are decoded together, under the warp chosen for
     # that speaker and minus that speaker's mean.
     speaker_cmn = getattr(rec.backend, "speaker_cmn", False)
-    groups = _by_speaker(utts) if run.vtln or speaker_cmn else {"": utts}
+    groups = _by_speaker(utts) if run.vtln or run.adapt is not None or speaker_cmn else {"": utts}
     for speaker, group in groups.items():
         # The warp first: the speaker's mean is then taken once, under it (warp_scores takes its own per warp).
         warp = _speaker_warp(rec, speaker, group, run, failures) if run.vtln else None
         if speaker_cmn:
             _speaker_mean(rec, speaker, group)
-        order = sorted(group, key=lambda u: -u.duration)  # similar lengths together: less padding
-        for i in range(0, len(order), run.batch_size):
-            batch = order[i : i + run.batch_size]
-            waves, ok = _load_batch(batch, rec.sample_rate, failures)
-            if ok:
-                try:
-                    out = _decode_loaded(rec, ok, waves, options, lm)
-                except (RuntimeError, ValueError) as e:
-                    # One bad item can break a whole batch (e.g. a clip too short for the model): retry alone.
-                    out = _decode_one_by_one(rec, ok, waves, options, lm, failures, e)
-                if warp is not None:
-                    for r in out:
-                        r["speaker"], r["warp"] = speaker, warp
-                results += out
-            bar.update(len(batch))
+        tags = {} if warp is None else {"speaker": speaker, "warp": warp}
+        if run.adapt is not None and speaker:
+            first = _decode_group(rec, group, options, run, lm, [])
+            tags = {**tags, "speaker": speaker, **_adapt_speaker(rec, speaker, group, first, run.adapt)}
+        out = _decode_group(rec, group, options, run, lm, failures)
+        if run.adapt is not None:
+            rec.backend.set_feature_transform(None)
+        for r in out:
+            r.update(tags)
+        results += out
+        bar.update(len(group))
     if run.vtln:
         rec.backend.set_warp(1.0)
     if speaker_cmn:
         rec.backend.set_speaker_mean(None)
     bar.close()
     return results, failures
+
+
+def _decode_group(rec: Recognizer, group: list, options: DecodeOptions, run: DecodeRunConfig, lm: Any,
+                  failures: list) -> list[dict]:
+    """Decode one speaker's utterances (or all, with no speaker grouping) in batches of similar duration."""
+    results = []
+    order = sorted(group, key=lambda u: -u.duration)  # similar lengths together: less padding
+    for i in range(0, len(order), run.batch_size):
+        batch = order[i : i + run.batch_size]
+        waves, ok = _load_batch(batch, rec.sample_rate, failures)
+        if ok:
+            try:
+                results += _decode_loaded(rec, ok, waves, options, lm)
+            except (RuntimeError, ValueError) as e:
+                # One bad item can break a whole batch (e.g. a clip too short for the model): retry alone.
+                results += _decode_one_by_one(rec, ok, waves, options, lm, failures, e)
+    return results
+
+
+def _adapt_speaker(rec: Recognizer, speaker: str, group: list, first: list[dict], cfg: AdaptConfig) -> dict:
+    """Fit ``speaker``'s feature transform to the first-pass results ``first`` and set it on the backend;
+    returns tags for the speaker's results (the pseudo-label loss per utterance before and after)."""
+    from asr.adapt import fit_transform
+
+    if not hasattr(rec.backend, "set_feature_transform"):
+        from asr.errors import ConfigError
+
+        raise ConfigError("--adapt", "needs the torch backend (an exported model cannot be adapted)")
+    tokens = {r["id"]: r["tokens"] for r in first}
+    utts = [u for u in group if tokens.get(u.id)]
+    waves, ok = _load_batch(utts, rec.sample_rate, [])
+    if not ok:
+        log.info("adapt: speaker %s has no hypotheses to adapt to", speaker)
+        return {}
+    feats = rec.backend.model_inputs(waves)
+    result = fit_transform(rec.backend.model, feats, [tokens[u.id] for u in ok], cfg)
+    rec.backend.set_feature_transform(result.transform)
+    log.info("adapt: speaker %s, %d utterances, pseudo-label loss %.3f -> %.3f", speaker, result.num_utts,
+             result.first_loss, result.last_loss)
+    return {"adapt_loss": [round(result.first_loss, 4), round(result.last_loss, 4)]}
 
 
 def _speaker_mean(rec: Recognizer, speaker: str, group: list) -> None:

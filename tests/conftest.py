@@ -111,6 +111,22 @@ def word_edit_distance(ref: list[str], hyp: list[str]) -> int:
     return row[-1]
 
 
+def decode_with_a_broken_file(model_dir, manifest, out: Path, *flags: str) -> tuple[list[dict], dict]:
+    """``asr decode`` of ``manifest``, in which one utterance is the unreadable ``broken.wav``: checks that it
+    ends partial with that file listed once, and returns (hyps.jsonl rows, decode.json)."""
+    import json
+
+    from asr.cli import EXIT_PARTIAL, main
+
+    status = main(["decode", "--model", str(model_dir), "--manifest", str(manifest), "--out-dir", str(out),
+                   "--beam", "4", "--no-progress", *flags])
+    assert status == EXIT_PARTIAL
+    failures = (out / "failures.tsv").read_text()
+    assert failures.startswith("broken\t") and failures.count("broken\t") == 1
+    hyps = [json.loads(line) for line in (out / "hyps.jsonl").read_text().splitlines()]
+    return hyps, json.loads((out / "decode.json").read_text())
+
+
 def _tiny_texts(n: int, seed: int = 1) -> list[str]:
     rng = random.Random(seed)
     texts = list(WORDS)  # every word at least once on its own

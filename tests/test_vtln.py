@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
+from conftest import decode_with_a_broken_file
 
 from asr.audio import load_audio
-from asr.cli import EXIT_PARTIAL, main
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.decode_manifest import _speaker_shards
 from asr.inference import Recognizer, pad_waves
@@ -71,14 +69,10 @@ def test_decode_vtln_per_speaker_with_a_bad_file(tiny_model_dir, tiny_corpus, tm
     write_manifest(manifest, utts)
     outs = {}
     for nj in ("1", "2"):
-        out = tmp_path / f"out{nj}"
-        status = main(["decode", "--model", str(tiny_model_dir), "--manifest", str(manifest), "--out-dir", str(out),
-                       "--beam", "4", "--no-progress", "--vtln", "--vtln-utts", "3", "--nj", nj])
-        assert status == EXIT_PARTIAL
-        assert (out / "failures.tsv").read_text().startswith("broken\t")
-        hyps = [json.loads(line) for line in (out / "hyps.jsonl").read_text().splitlines()]
+        hyps, info = decode_with_a_broken_file(tiny_model_dir, manifest, tmp_path / f"out{nj}", "--vtln",
+                                               "--vtln-utts", "3", "--nj", nj)
         assert [h["id"] for h in hyps] == [u.id for u in utts if u.id != "broken"]
-        warps = json.loads((out / "decode.json").read_text())["vtln_warps"]
+        warps = info["vtln_warps"]
         assert set(warps) == {u.speaker for u in utts}
         assert all(h["warp"] == warps[h["speaker"]] and h["warp"] in DEFAULT_GRID for h in hyps)
         outs[nj] = [(h["id"], h["text"], h["warp"]) for h in hyps]

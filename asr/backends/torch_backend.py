@@ -44,6 +44,7 @@ class TorchModel:
         self.features = features
         self.warp = 1.0
         self.speaker_mean: Tensor | None = None  # (n_mels,), for a speaker_cmn model; None: each utterance's own
+        self.feature_transform = None  # a speaker's asr.adapt.FeatureTransform, or None
         if features is not None:
             from asr.features import LogMel
 
@@ -93,6 +94,29 @@ class TorchModel:
         every input from now on; None: subtract each utterance's own mean. Only a speaker_cmn model uses it."""
         self.speaker_mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).to(self.device)
 
+    def set_feature_transform(self, transform: Any) -> None:
+        """Pass every input through ``transform`` (an :class:`asr.adapt.FeatureTransform`, after the speaker
+        mean is taken off) from now on; None: no transform."""
+        self.feature_transform = transform
+
+    def _normalise(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        if self.speaker_cmn:
+            from asr.model import utterance_mean
+
+            feats = feats - (self.speaker_mean if self.speaker_mean is not None else utterance_mean(feats, lengths))
+        return feats
+
+    @torch.no_grad()  # not inference mode: asr.adapt differentiates through these
+    def model_inputs(self, waves: list[np.ndarray]) -> list[Tensor]:
+        """What a speaker's :class:`asr.adapt.FeatureTransform` sees: per wave ((samples,) float32) its
+        log-mel under the current warp, minus the speaker mean for a speaker-CMN model: (T_i, n_mels)."""
+        out = []
+        for w in waves:
+            f, n = self.frontend(torch.as_tensor(w, dtype=torch.float32)[None].to(self.device),
+                                 torch.tensor([len(w)], device=self.device))
+            out.append(self._normalise(f, n)[0, : int(n[0])].clone())
+        return out
+
     @torch.inference_mode()
     def feature_mean(self, waves: list[np.ndarray]) -> np.ndarray:
         """Mean log-mel over all frames of ``waves`` (each (samples,) float32), under the current warp: (n_mels,)."""
@@ -119,11 +143,9 @@ class TorchModel:
             inputs, lengths = self.frontend(inputs, lengths)
         elif inputs.dim() != 3:
             raise ValueError(f"expected (batch, samples) or (batch, frames, n_mels), got {tuple(inputs.shape)}")
-        if self.speaker_cmn:
-            from asr.model import utterance_mean
-
-            mean = self.speaker_mean if self.speaker_mean is not None else utterance_mean(inputs, lengths)
-            inputs = inputs - mean
+        inputs = self._normalise(inputs, lengths)
+        if self.feature_transform is not None:
+            inputs = self.feature_transform(inputs)
         enc, enc_lengths = self.model.encode(inputs, lengths)
         return enc, enc_lengths.cpu().numpy()
 

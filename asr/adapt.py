@@ -1,0 +1,135 @@
+"""Unsupervised speaker adaptation: a per-speaker affine feature transform fitted to first-pass hypotheses.
+
+The neural counterpart of Kaldi's two-pass fMLLR decoding. The first pass decodes all of a speaker's
+utterances. Then an affine transform of the model's input features, ``x + x @ A.T + b`` (starting from
+the identity), is fitted by gradient descent on the model's own training loss (joint CTC and attention,
+label smoothing included), with those hypotheses as targets. The model's weights stay frozen. The second
+pass decodes the speaker again through the transform. No transcript is used. For an unseen voice the
+transform can reweight and mix mel bands, and a warp of the filterbank (:mod:`asr.vtln`) can only move them.
+
+Cost: ``epochs`` forward and backward passes over the speaker's audio, plus the second decoding pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How one speaker's transform is fitted (chosen on the mini recipe's dev set; recipes/mini/README.md)."""
+
+    epochs: int = 3  # passes over the speaker's utterances
+    lr: float = 1e-3  # Adam
+    batch_utts: int = 8  # utterances per step
+    max_utts: int = 400  # at most this many of the speaker's utterances, spread evenly, are fitted on
+    seed: int = 0  # the order of the utterances
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_utts < 1 or self.max_utts < 1:
+            raise ValueError("adapt epochs, batch_utts and max_utts must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"adapt lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class FeatureTransform:
+    """``x -> x + x @ matrix.T + bias`` on (..., n_mels) features: the identity when both are zero."""
+
+    matrix: Tensor  # (n_mels, n_mels)
+    bias: Tensor  # (n_mels,)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x + x @ self.matrix.T + self.bias
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """A fitted transform and the pseudo-label loss per utterance of the first and the last epoch."""
+
+    transform: FeatureTransform
+    first_loss: float
+    last_loss: float
+    num_utts: int
+
+
+def _batch(feats: Sequence[Tensor], targets: Sequence[Sequence[int]], idx: Sequence[int], device: torch.device):
+    from asr.tokenizer import IGNORE_ID
+
+    lengths = torch.tensor([feats[i].size(0) for i in idx], device=device)
+    x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in idx], batch_first=True)
+    target_lengths = torch.tensor([len(targets[i]) for i in idx], device=device)
+    y = torch.full((len(idx), int(target_lengths.max())), IGNORE_ID, dtype=torch.long, device=device)
+    for row, i in enumerate(idx):
+        y[row, : len(targets[i])] = torch.as_tensor(targets[i], dtype=torch.long, device=device)
+    return x, lengths, y, target_lengths
+
+
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """The model's weights without gradients, and cuDNN off (its RNN backward needs training mode, and
+    training mode would switch dropout and SpecAugment on)."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.backends.cudnn.flags(enabled=False):
+            yield
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def fit_transform(model: torch.nn.Module, feats: Sequence[Tensor], targets: Sequence[Sequence[int]],
+                  cfg: AdaptConfig = AdaptConfig()) -> AdaptResult:
+    """Fit a :class:`FeatureTransform` so that ``model`` (an ``asr.model.LAS`` in eval mode) finds
+    ``targets`` likely.
+
+    feats: per utterance (T_i, n_mels), what ``model.encode`` takes (for a speaker-CMN model, minus the
+    speaker's mean); targets: per utterance, token ids without SOS/EOS (the first-pass hypotheses).
+    Utterances with no tokens are left out. Raises ValueError when none is left.
+    """
+    keep = [i for i, t in enumerate(targets) if len(t)]
+    if not keep:
+        raise ValueError("no non-empty hypotheses to adapt to")
+    if len(keep) > cfg.max_utts:
+        keep = [keep[round(k * (len(keep) - 1) / (cfg.max_utts - 1))] for k in range(cfg.max_utts)] \
+            if cfg.max_utts > 1 else keep[:1]
+    device = feats[keep[0]].device
+    n = feats[keep[0]].size(-1)
+    matrix = torch.zeros(n, n, device=device, requires_grad=True)
+    bias = torch.zeros(n, device=device, requires_grad=True)
+    transform = FeatureTransform(matrix, bias)
+    opt = torch.optim.Adam([matrix, bias], lr=cfg.lr)
+    rng = np.random.default_rng(cfg.seed)
+    was_training = model.training
+    model.eval()
+    losses: list[float] = []
+    with _frozen(model), torch.enable_grad():
+        for _ in range(cfg.epochs):
+            total, count = 0.0, 0
+            order = [keep[i] for i in rng.permutation(len(keep))]
+            for s in range(0, len(order), cfg.batch_utts):
+                idx = order[s : s + cfg.batch_utts]
+                x, lengths, y, y_lengths = _batch(feats, targets, idx, device)
+                loss = model(transform(x), lengths, y, y_lengths).loss
+                if not torch.isfinite(loss):
+                    continue  # one pathological hypothesis must not wreck the transform
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            losses.append(total / max(count, 1))
+    model.train(was_training)
+    fitted = FeatureTransform(matrix.detach().clone(), bias.detach().clone())
+    return AdaptResult(fitted, losses[0], losses[-1], len(keep))

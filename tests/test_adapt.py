@@ -1,0 +1,129 @@
+"""Unsupervised speaker adaptation (asr/adapt.py, `asr decode --adapt`) on the session's really trained tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import decode_with_a_broken_file
+
+from asr.adapt import AdaptConfig, FeatureTransform, fit_transform
+from asr.audio import load_audio
+from asr.cli import EXIT_USER_ERROR, main
+from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.decoding import DecodeOptions
+from asr.inference import Recognizer, pad_waves
+
+pytestmark = pytest.mark.slow
+
+
+def _loss(model, feats, targets, transform=None):
+    from asr.adapt import _batch
+
+    x, lengths, y, y_lengths = _batch(feats, targets, list(range(len(feats))), torch.device("cpu"))
+    with torch.no_grad():
+        return float(model(x if transform is None else transform(x), lengths, y, y_lengths).loss)
+
+
+def test_fit_transform_undoes_a_channel_mismatch_and_leaves_the_model_alone(tiny_model_dir, tiny_corpus):
+    rec = Recognizer.from_dir(tiny_model_dir)
+    model = rec.backend.model
+    utts = tiny_corpus.utts[:8]
+    feats = rec.backend.model_inputs([load_audio(u.audio) for u in utts])
+    targets = [rec.tokenizer.encode(u.text) for u in utts]
+    # A voice the model never heard, crudely: every mel band scaled and tilted.
+    tilt = torch.linspace(-2.0, 2.0, feats[0].size(-1))
+    heard = [f * 0.8 + tilt for f in feats]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit_transform(model, heard, targets, AdaptConfig(epochs=20, lr=0.003, batch_utts=4))
+    assert result.num_utts == 8
+    assert result.last_loss < 0.5 * result.first_loss
+    # Measured: 5.9 mismatched, 0.52 adapted, 0.49 on the clean features.
+    assert _loss(model, heard, targets, result.transform) < 0.25 * _loss(model, heard, targets)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+    assert not result.transform.matrix.requires_grad and result.transform.matrix.abs().sum() > 0
+
+
+def test_fit_transform_is_seeded_and_skips_empty_hypotheses(tiny_model_dir, tiny_corpus):
+    rec = Recognizer.from_dir(tiny_model_dir)
+    utts = tiny_corpus.utts[:5]
+    feats = rec.backend.model_inputs([load_audio(u.audio) for u in utts])
+    targets = [rec.tokenizer.encode(u.text) for u in utts]
+    targets[1] = []
+    cfg = AdaptConfig(epochs=2, batch_utts=2)
+    a, b = (fit_transform(rec.backend.model, feats, targets, cfg) for _ in range(2))
+    assert a.num_utts == 4
+    assert torch.equal(a.transform.matrix, b.transform.matrix) and torch.equal(a.transform.bias, b.transform.bias)
+    with pytest.raises(ValueError, match="no non-empty hypotheses"):
+        fit_transform(rec.backend.model, feats[:2], [[], []], cfg)
+    with pytest.raises(ValueError):
+        AdaptConfig(epochs=0)
+
+
+def test_backend_applies_the_transform_after_normalisation(tiny_model_dir, tiny_corpus):
+    rec = Recognizer.from_dir(tiny_model_dir)
+    be = rec.backend
+    waves = [load_audio(u.audio) for u in tiny_corpus.utts[:3]]
+    padded, lengths = pad_waves(waves)
+    plain, _ = be.encode(padded, lengths)
+    n = be.model.cfg.n_mels
+    be.set_feature_transform(FeatureTransform(torch.zeros(n, n), torch.zeros(n)))
+    torch.testing.assert_close(be.encode(padded, lengths)[0], plain)
+    be.set_feature_transform(FeatureTransform(torch.zeros(n, n), torch.full((n,), 0.5)))
+    shifted, _ = be.encode(padded, lengths)
+    feats, flen = be.frontend(torch.from_numpy(padded), torch.from_numpy(lengths))
+    torch.testing.assert_close(shifted, be.model.encode(feats + 0.5, flen)[0])
+    assert not torch.allclose(shifted, plain)
+    be.set_feature_transform(None)
+    torch.testing.assert_close(be.encode(padded, lengths)[0], plain)
+
+
+def test_decode_adapt_is_a_second_pass_through_the_fitted_transform(tiny_model_dir, tiny_corpus, tmp_path):
+    utts = read_manifest(tiny_corpus.manifest)[:8]
+    for i, u in enumerate(utts):
+        utts[i] = Utterance(u.id, u.audio, u.duration, u.text, "a" if i % 2 else "b")
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(100))
+    utts.insert(2, Utterance("broken", str(bad), 1.0, "YES", "a"))
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, utts)
+    cfg = AdaptConfig(epochs=2)
+    options = DecodeOptions(beam_size=4)
+    # What each hypothesis must be: the first pass's hypotheses of its speaker fit a transform, and the
+    # utterance is decoded through it.
+    rec = Recognizer.from_dir(tiny_model_dir)
+    expected = {}
+    for s in ("b", "a"):
+        group = [u for u in utts if u.speaker == s and u.id != "broken"]
+        waves = [load_audio(u.audio) for u in group]
+        first = [rec.decode_batch(*pad_waves([w]), options)[0][0].tokens for w in waves]
+        keep = [i for i, t in enumerate(first) if t]
+        fitted = fit_transform(rec.backend.model, rec.backend.model_inputs([waves[i] for i in keep]),
+                               [first[i] for i in keep], cfg)
+        rec.backend.set_feature_transform(fitted.transform)
+        for u, w in zip(group, waves):
+            expected[u.id] = rec.tokenizer.decode(rec.decode_batch(*pad_waves([w]), options)[0][0].tokens)
+        rec.backend.set_feature_transform(None)
+    texts = {}
+    for nj in ("1", "2"):
+        # The broken file is listed once, not once per pass.
+        hyps, info = decode_with_a_broken_file(tiny_model_dir, manifest, tmp_path / f"out{nj}", "--adapt",
+                                               "-o", "adapt.epochs=2", "--nj", nj)
+        assert [h["id"] for h in hyps] == [u.id for u in utts if u.id != "broken"]
+        assert info["run"]["adapt"]["epochs"] == 2 and set(info["adapt_losses"]) == {"a", "b"}
+        assert all(len(h["adapt_loss"]) == 2 and h["speaker"] in "ab" for h in hyps)
+        texts[nj] = {h["id"]: h["text"] for h in hyps}
+    assert texts["1"] == expected
+    assert texts["2"] == texts["1"]  # whole speakers per job
+
+
+def test_adapt_options_need_adapt_and_known_keys(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    base = ["decode", "--model", str(tiny_model_dir), "--manifest", str(tiny_corpus.manifest),
+            "--out-dir", str(tmp_path / "o"), "--no-progress"]
+    assert main(base + ["-o", "adapt.epochs=2"]) == EXIT_USER_ERROR
+    assert "adapt options need --adapt" in capsys.readouterr().err
+    assert main(base + ["--adapt", "-o", "adapt.bogus=1"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert "unknown key 'bogus'" in err and len(err.splitlines()) == 1
+    assert main(base + ["--adapt", "-o", "adapt.epochs=0"]) == EXIT_USER_ERROR
+    assert "epochs" in capsys.readouterr().err
