@@ -217,8 +217,10 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
             _speaker_mean(rec, speaker, group)
         tags = {} if warp is None else {"speaker": speaker, "warp": warp}
         if run.adapt is not None and speaker:
-            first = _decode_group(rec, group, options, run, lm, [])
-            tags = {**tags, "speaker": speaker, **_adapt_speaker(rec, speaker, group, first, run.adapt)}
+            for _ in range(run.adapt.rounds):
+                first = _decode_group(rec, group, options, run, lm, [])
+                rec.backend.set_feature_transform(None)  # each round fits afresh, on the newest hypotheses
+                tags = {**tags, "speaker": speaker, **_adapt_speaker(rec, speaker, group, first, run.adapt)}
         out = _decode_group(rec, group, options, run, lm, failures)
         if run.adapt is not None:
             rec.backend.set_feature_transform(None)
@@ -254,13 +256,13 @@ def _decode_group(rec: Recognizer, group: list, options: DecodeOptions, run: Dec
 def _adapt_speaker(rec: Recognizer, speaker: str, group: list, first: list[dict], cfg: AdaptConfig) -> dict:
     """Fit ``speaker``'s feature transform to the first-pass results ``first`` and set it on the backend;
     returns tags for the speaker's results (the pseudo-label loss per utterance before and after)."""
-    from asr.adapt import fit_transform
+    from asr.adapt import fit_transform, most_confident
 
     if not hasattr(rec.backend, "set_feature_transform"):
         from asr.errors import ConfigError
 
         raise ConfigError("--adapt", "needs the torch backend (an exported model cannot be adapted)")
-    tokens = {r["id"]: r["tokens"] for r in first}
+    tokens = {r["id"]: r["tokens"] for r in most_confident([r for r in first if r["tokens"]], cfg.keep_fraction)}
     utts = [u for u in group if tokens.get(u.id)]
     waves, ok = _load_batch(utts, rec.sample_rate, [])
     if not ok:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import decode_with_a_broken_file
 
-from asr.adapt import AdaptConfig, FeatureTransform, fit_transform
+from asr.adapt import AdaptConfig, FeatureTransform, fit_transform, most_confident
 from asr.audio import load_audio
 from asr.cli import EXIT_USER_ERROR, main
 from asr.data.manifest import Utterance, read_manifest, write_manifest
@@ -89,17 +89,19 @@ def test_decode_adapt_is_a_second_pass_through_the_fitted_transform(tiny_model_d
     write_manifest(manifest, utts)
     cfg = AdaptConfig(epochs=2)
     options = DecodeOptions(beam_size=4)
-    # What each hypothesis must be: the first pass's hypotheses of its speaker fit a transform, and the
-    # utterance is decoded through it.
+    # What each hypothesis must be: the most confident of the first pass's hypotheses of its speaker fit a
+    # transform, and the utterance is decoded through it.
     rec = Recognizer.from_dir(tiny_model_dir)
     expected = {}
     for s in ("b", "a"):
         group = [u for u in utts if u.speaker == s and u.id != "broken"]
         waves = [load_audio(u.audio) for u in group]
-        first = [rec.decode_batch(*pad_waves([w]), options)[0][0].tokens for w in waves]
-        keep = [i for i, t in enumerate(first) if t]
+        first = [rec.decode_batch(*pad_waves([w]), options)[0][0] for w in waves]
+        results = [{"i": i, "tokens": h.tokens, "log_prob": round(h.log_prob, 4)} for i, h in enumerate(first)]
+        keep = [r["i"] for r in most_confident([r for r in results if r["tokens"]], cfg.keep_fraction)]
+        assert 0 < len(keep) < len(group)
         fitted = fit_transform(rec.backend.model, rec.backend.model_inputs([waves[i] for i in keep]),
-                               [first[i] for i in keep], cfg)
+                               [first[i].tokens for i in keep], cfg)
         rec.backend.set_feature_transform(fitted.transform)
         for u, w in zip(group, waves):
             expected[u.id] = rec.tokenizer.decode(rec.decode_batch(*pad_waves([w]), options)[0][0].tokens)
@@ -127,3 +129,16 @@ def test_adapt_options_need_adapt_and_known_keys(tiny_model_dir, tiny_corpus, tm
     assert "unknown key 'bogus'" in err and len(err.splitlines()) == 1
     assert main(base + ["--adapt", "-o", "adapt.epochs=0"]) == EXIT_USER_ERROR
     assert "epochs" in capsys.readouterr().err
+
+
+def test_most_confident_keeps_the_best_per_token_hypotheses_in_order():
+
+    results = [{"id": "a", "tokens": [1, 2, 3], "log_prob": -8.0},  # -2 per token (and EOS)
+               {"id": "b", "tokens": [1], "log_prob": -0.2},  # -0.1
+               {"id": "c", "tokens": [4, 5, 6], "log_prob": -2.0},  # -0.5
+               {"id": "d", "tokens": [7], "log_prob": -3.0}]  # -1.5
+    assert [r["id"] for r in most_confident(results, 0.5)] == ["b", "c"]
+    assert [r["id"] for r in most_confident(results, 0.1)] == ["b"]
+    assert most_confident(results, 1.0) == results and most_confident([], 0.5) == []
+    with pytest.raises(ValueError):
+        AdaptConfig(keep_fraction=0.0)
