@@ -132,7 +132,6 @@ def test_adapt_options_need_adapt_and_known_keys(tiny_model_dir, tiny_corpus, tm
 
 
 def test_most_confident_keeps_the_best_per_token_hypotheses_in_order():
-
     results = [{"id": "a", "tokens": [1, 2, 3], "log_prob": -8.0},  # -2 per token (and EOS)
                {"id": "b", "tokens": [1], "log_prob": -0.2},  # -0.1
                {"id": "c", "tokens": [4, 5, 6], "log_prob": -2.0},  # -0.5

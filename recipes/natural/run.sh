@@ -6,6 +6,7 @@
 #
 # Usage: recipes/natural/run.sh [--stage N] [--stop-stage M] [--nj 2] [--nproc 2] [--config FILE]
 #                               [--data-dir DIR] [--exp-dir DIR] [--lm-weights "0.2 0.4"] [--vtln true|false]
+#                               [--adapt true|false]
 #   Stages: 0 synthesise; 1-7 as recipes/mini (manifests ... score, without LM); 8 LM text; 9 train the
 #   LM; 10 decode and score dev with each --lm-weights value and keep the best on dev; 11 decode and
 #   score test and test-voice with it; 12 the table (RESULTS-lm.md).
@@ -20,6 +21,7 @@ data_dir="$here/data/default"
 exp_dir="$here/exp/default"
 lm_weights="0.2 0.4"
 vtln=true  # test-time VTLN, as recipes/mini, for the decodes with and without the LM
+adapt=true  # speaker adaptation on the first pass, as recipes/mini
 parse_options "$@"
 done_dir=$exp_dir/.done
 manifests=$data_dir/manifests
@@ -35,7 +37,7 @@ stage0() {
 # Stages 1-7 of recipes/mini on this corpus (its stage 0 is ours).
 stages1to7() {
   "$here/../mini/run.sh" --stage $((stage > 1 ? stage : 1)) --stop-stage $((stop_stage < 7 ? stop_stage : 7)) --nj "$nj" --nproc "$nproc" --config "$config" \
-    --vtln "$vtln" --data-dir "$data_dir" --exp-dir "$exp_dir"
+    --vtln "$vtln" --adapt "$adapt" --data-dir "$data_dir" --exp-dir "$exp_dir"
 }
 
 stage8() {
@@ -54,6 +56,7 @@ wer_of() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))["wer"]
 decode_lm() {
   decode_opts="--lm $exp_dir/lm --lm-weight $1"
   if [ "$vtln" = true ]; then decode_opts="$decode_opts --vtln"; fi
+  if [ "$adapt" = true ]; then decode_opts="$decode_opts --adapt"; fi
   decode_set "$exp_dir/final" "$manifests/$2.jsonl" "$exp_dir/decode-lm$1/$2"
   score_set "$manifests/$2.jsonl" "$exp_dir/decode-lm$1/$2/hyps.jsonl" "$exp_dir/score-lm$1/$2"
 }
