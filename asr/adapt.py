@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asr.vtln import sample_evenly
+
 log = logging.getLogger(__name__)
 
 
@@ -118,9 +120,7 @@ def fit_transform(model: torch.nn.Module, feats: Sequence[Tensor], targets: Sequ
     keep = [i for i, t in enumerate(targets) if len(t)]
     if not keep:
         raise ValueError("no non-empty hypotheses to adapt to")
-    if len(keep) > cfg.max_utts:
-        keep = [keep[round(k * (len(keep) - 1) / (cfg.max_utts - 1))] for k in range(cfg.max_utts)] \
-            if cfg.max_utts > 1 else keep[:1]
+    keep = sample_evenly(keep, cfg.max_utts)
     device = feats[keep[0]].device
     n = feats[keep[0]].size(-1)
     matrix = torch.zeros(n, n, device=device, requires_grad=True)

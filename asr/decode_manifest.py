@@ -201,6 +201,11 @@ def _decode_shard(model_dir: str, utts: list, options: DecodeOptions, run: Decod
     from tqdm import tqdm
 
     rec = Recognizer.from_dir(model_dir, device=device, backend=run.backend, threads=threads)
+    if run.adapt is not None and not hasattr(rec.backend, "set_feature_transform"):
+        from asr.errors import ConfigError
+
+        # Before any decoding: the first pass would otherwise run in full only to be thrown away.
+        raise ConfigError("--adapt", "needs the torch backend (an exported model cannot be adapted)")
     lm = rec.load_lm(run.lm_dir) if run.lm_dir else None
     results: list[dict] = []
     failures: list[tuple[str, str]] = []
@@ -258,10 +263,6 @@ def _adapt_speaker(rec: Recognizer, speaker: str, group: list, first: list[dict]
     returns tags for the speaker's results (the pseudo-label loss per utterance before and after)."""
     from asr.adapt import fit_transform, most_confident
 
-    if not hasattr(rec.backend, "set_feature_transform"):
-        from asr.errors import ConfigError
-
-        raise ConfigError("--adapt", "needs the torch backend (an exported model cannot be adapted)")
     tokens = {r["id"]: r["tokens"] for r in most_confident([r for r in first if r["tokens"]], cfg.keep_fraction)}
     utts = [u for u in group if tokens.get(u.id)]
     waves, ok = _load_batch(utts, rec.sample_rate, [])

@@ -50,7 +50,8 @@ else
 fi
 # Test-time VTLN: chosen on dev (6.17 -> 5.30% WER with the make-demo model; recipes/mini/README.md).
 if [ "$vtln" = true ]; then decode_opts="$decode_opts --vtln"; fi
-# Speaker adaptation on the first pass's hypotheses: chosen on dev (5.16 -> 4.73% WER with the make-demo model).
+# Speaker adaptation on the first pass's most confident hypotheses: chosen on dev (5.16 -> 3.66% WER with
+# the make-demo model; recipes/mini/README.md).
 if [ "$adapt" = true ]; then decode_opts="$decode_opts --adapt"; fi
 data_dir=${data_dir:-$here/data/$tag}
 exp_dir=${exp_dir:-$here/exp/$tag}
