@@ -1,8 +1,9 @@
 """Unsupervised speaker adaptation: a per-speaker affine feature transform fitted to first-pass hypotheses.
 
 The neural counterpart of Kaldi's two-pass fMLLR decoding. The first pass decodes all of a speaker's
-utterances. Then an affine transform of the model's input features, ``x + x @ A.T + b`` (starting from
-the identity), is fitted by gradient descent on the model's own training loss (joint CTC and attention,
+utterances. Then an affine transform of the normalised features that the listener reads,
+``x + x @ A.T + b`` (starting from the identity), is fitted by gradient descent on the model's own
+training loss (joint CTC and attention,
 label smoothing included), with those hypotheses as targets. The model's weights stay frozen. The second
 pass decodes the speaker again through the transform. No transcript is used. For an unseen voice the
 transform can reweight and mix mel bands, and a warp of the filterbank (:mod:`asr.vtln`) can only move them.
@@ -51,13 +52,34 @@ class AdaptConfig:
 
 @dataclass(frozen=True)
 class FeatureTransform:
-    """``x -> x + x @ matrix.T + bias`` on (..., n_mels) features: the identity when both are zero."""
+    """``x -> x + x @ matrix.T + bias`` on (..., n_mels) features: the identity when both are zero.
+
+    Applied (:meth:`applied`) to what the listener reads: the features after the model's own mean and
+    variance normalisation, which are near zero-mean and unit-variance whatever the CMN mode. On raw log-mel
+    (means near -5 with a global-CMVN model) every entry of ``matrix`` acted as a bias as well, and one
+    Adam step moved the features by tenths of a standard deviation: measured, it took the FSDD official
+    split from 1.33% to 22.67% WER.
+    """
 
     matrix: Tensor  # (n_mels, n_mels)
     bias: Tensor  # (n_mels,)
 
     def __call__(self, x: Tensor) -> Tensor:
         return x + x @ self.matrix.T + self.bias
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        """Within this context ``model`` (an ``asr.model.LAS``) passes its normalised features through the
+        transform before its listener (after SpecAugment, which only runs in training mode)."""
+
+        def pre_hook(_module, args):
+            return (self(args[0]), *args[1:])
+
+        handle = model.listener.register_forward_pre_hook(pre_hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -131,14 +153,14 @@ def fit_transform(model: torch.nn.Module, feats: Sequence[Tensor], targets: Sequ
     was_training = model.training
     model.eval()
     losses: list[float] = []
-    with _frozen(model), torch.enable_grad():
+    with _frozen(model), torch.enable_grad(), transform.applied(model):
         for _ in range(cfg.epochs):
             total, count = 0.0, 0
             order = [keep[i] for i in rng.permutation(len(keep))]
             for s in range(0, len(order), cfg.batch_utts):
                 idx = order[s : s + cfg.batch_utts]
                 x, lengths, y, y_lengths = _batch(feats, targets, idx, device)
-                loss = model(transform(x), lengths, y, y_lengths).loss
+                loss = model(x, lengths, y, y_lengths).loss
                 if not torch.isfinite(loss):
                     continue  # one pathological hypothesis must not wreck the transform
                 opt.zero_grad()

@@ -21,7 +21,10 @@ def _loss(model, feats, targets, transform=None):
 
     x, lengths, y, y_lengths = _batch(feats, targets, list(range(len(feats))), torch.device("cpu"))
     with torch.no_grad():
-        return float(model(x if transform is None else transform(x), lengths, y, y_lengths).loss)
+        if transform is None:
+            return float(model(x, lengths, y, y_lengths).loss)
+        with transform.applied(model):
+            return float(model(x, lengths, y, y_lengths).loss)
 
 
 def test_fit_transform_undoes_a_channel_mismatch_and_leaves_the_model_alone(tiny_model_dir, tiny_corpus):
@@ -34,10 +37,10 @@ def test_fit_transform_undoes_a_channel_mismatch_and_leaves_the_model_alone(tiny
     tilt = torch.linspace(-2.0, 2.0, feats[0].size(-1))
     heard = [f * 0.8 + tilt for f in feats]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = fit_transform(model, heard, targets, AdaptConfig(epochs=20, lr=0.003, batch_utts=4))
+    result = fit_transform(model, heard, targets, AdaptConfig(epochs=60, lr=0.01, batch_utts=4))
     assert result.num_utts == 8
     assert result.last_loss < 0.5 * result.first_loss
-    # Measured: 5.9 mismatched, 0.52 adapted, 0.49 on the clean features.
+    # Measured: 5.9 mismatched, 0.83 adapted, 0.49 on the clean features.
     assert _loss(model, heard, targets, result.transform) < 0.25 * _loss(model, heard, targets)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters()) and not model.training
@@ -61,6 +64,8 @@ def test_fit_transform_is_seeded_and_skips_empty_hypotheses(tiny_model_dir, tiny
 
 
 def test_backend_applies_the_transform_after_normalisation(tiny_model_dir, tiny_corpus):
+    # The tiny model normalises with global CMVN, (x - mean) * istd: a shift b of what its listener reads
+    # is a shift b / istd of the log-mel.
     rec = Recognizer.from_dir(tiny_model_dir)
     be = rec.backend
     waves = [load_audio(u.audio) for u in tiny_corpus.utts[:3]]
@@ -72,7 +77,9 @@ def test_backend_applies_the_transform_after_normalisation(tiny_model_dir, tiny_
     be.set_feature_transform(FeatureTransform(torch.zeros(n, n), torch.full((n,), 0.5)))
     shifted, _ = be.encode(padded, lengths)
     feats, flen = be.frontend(torch.from_numpy(padded), torch.from_numpy(lengths))
-    torch.testing.assert_close(shifted, be.model.encode(feats + 0.5, flen)[0])
+    assert not be.model.cfg.speaker_cmn and not be.model.cfg.utterance_cmn
+    torch.testing.assert_close(shifted, be.model.encode(feats + 0.5 / be.model.cmvn_istd, flen)[0])
+    assert not torch.allclose(shifted, be.model.encode(feats + 0.5, flen)[0])
     assert not torch.allclose(shifted, plain)
     be.set_feature_transform(None)
     torch.testing.assert_close(be.encode(padded, lengths)[0], plain)

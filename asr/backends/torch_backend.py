@@ -95,8 +95,8 @@ class TorchModel:
         self.speaker_mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).to(self.device)
 
     def set_feature_transform(self, transform: Any) -> None:
-        """Pass every input through ``transform`` (an :class:`asr.adapt.FeatureTransform`, after the speaker
-        mean is taken off) from now on; None: no transform."""
+        """Pass the listener's every input through ``transform`` (an :class:`asr.adapt.FeatureTransform`,
+        after the model's normalisation) from now on; None: no transform."""
         self.feature_transform = transform
 
     def _normalise(self, feats: Tensor, lengths: Tensor) -> Tensor:
@@ -108,8 +108,8 @@ class TorchModel:
 
     @torch.no_grad()  # not inference mode: asr.adapt differentiates through these
     def model_inputs(self, waves: list[np.ndarray]) -> list[Tensor]:
-        """What a speaker's :class:`asr.adapt.FeatureTransform` sees: per wave ((samples,) float32) its
-        log-mel under the current warp, minus the speaker mean for a speaker-CMN model: (T_i, n_mels)."""
+        """What ``model.encode`` takes, for :func:`asr.adapt.fit_transform`: per wave ((samples,) float32)
+        its log-mel under the current warp, minus the speaker mean for a speaker-CMN model: (T_i, n_mels)."""
         out = []
         for w in waves:
             f, n = self.frontend(torch.as_tensor(w, dtype=torch.float32)[None].to(self.device),
@@ -144,9 +144,11 @@ class TorchModel:
         elif inputs.dim() != 3:
             raise ValueError(f"expected (batch, samples) or (batch, frames, n_mels), got {tuple(inputs.shape)}")
         inputs = self._normalise(inputs, lengths)
-        if self.feature_transform is not None:
-            inputs = self.feature_transform(inputs)
-        enc, enc_lengths = self.model.encode(inputs, lengths)
+        if self.feature_transform is None:
+            enc, enc_lengths = self.model.encode(inputs, lengths)
+        else:
+            with self.feature_transform.applied(self.model):
+                enc, enc_lengths = self.model.encode(inputs, lengths)
         return enc, enc_lengths.cpu().numpy()
 
     def load_lm(self, lm_dir, tokenizer) -> TorchLM:
