@@ -146,5 +146,13 @@ def test_most_confident_keeps_the_best_per_token_hypotheses_in_order():
     assert [r["id"] for r in most_confident(results, 0.5)] == ["b", "c"]
     assert [r["id"] for r in most_confident(results, 0.1)] == ["b"]
     assert most_confident(results, 1.0) == results and most_confident([], 0.5) == []
+
+
+def test_most_confident_keeps_every_repeated_hypothesis():
+    # Four utterances heard as ONE, all more confident than the two heard as TWO.
+    results = [{"id": f"one{i}", "tokens": [1], "log_prob": -0.1 * (i + 1)} for i in range(4)]
+    results += [{"id": f"two{i}", "tokens": [2], "log_prob": -2.0 - i} for i in range(2)]
+    results += [{"id": "u1", "tokens": [3, 4], "log_prob": -0.3}, {"id": "u2", "tokens": [5, 6], "log_prob": -9.0}]
+    assert [r["id"] for r in most_confident(results, 0.5)] == ["one0", "one1", "two0", "u1"]
     with pytest.raises(ValueError):
         AdaptConfig(keep_fraction=0.0)
