@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
+    if not (args.corpus / "SPEAKERS.TXT").is_file():
+        raise SystemExit(f"{args.corpus / 'SPEAKERS.TXT'}: not found (is --corpus an `asr corpus synth` folder?)")
     used = training_variants(args.corpus / "SPEAKERS.TXT")
     rng = random.Random(args.seed)
     unseen = sorted(v for v in ESPEAK_VARIANTS if v not in used)
