@@ -11,7 +11,9 @@
 #                  run.sh --loso --synth-utts 1500 --splits "official zeroshot"
 #   --train-jobs N train N splits at once (each one single-threaded process)
 #   --adapt        decode each speaker twice, the second time through a feature transform fitted to its
-#                  most confident first-pass hypotheses (`asr decode --adapt`; off by default)
+#                  most confident first-pass hypotheses (`asr decode --adapt`; off by default: measured,
+#                  it helps the leave-one-speaker-out folds, mean 16.23 -> 12.13%, but not the held-out
+#                  speaker theo, 4.60 -> 5.00%; recipes/fsdd/README.md)
 #
 # Usage: recipes/fsdd/run.sh [--stage N] [--stop-stage M] [--fsdd-dir DIR] [--holdout-speaker theo]
 #                            [--config conf/train.yaml] [--holdout-config conf/train_holdout.yaml]
