@@ -270,7 +270,11 @@ def _adapt_speaker(rec: Recognizer, speaker: str, group: list, first: list[dict]
         log.info("adapt: speaker %s has no hypotheses to adapt to", speaker)
         return {}
     feats = rec.backend.model_inputs(waves)
-    result = fit_transform(rec.backend.model, feats, [tokens[u.id] for u in ok], cfg)
+    unlabelled: list = []
+    if cfg.entropy_weight > 0:
+        rest, _ = _load_batch([u for u in group if u.id not in tokens], rec.sample_rate, [])
+        unlabelled = rec.backend.model_inputs([w for w in rest if len(w)])
+    result = fit_transform(rec.backend.model, feats, [tokens[u.id] for u in ok], cfg, unlabelled)
     rec.backend.set_feature_transform(result.transform)
     log.info("adapt: speaker %s, %d utterances, pseudo-label loss %.3f -> %.3f", speaker, result.num_utts,
              result.first_loss, result.last_loss)
