@@ -74,11 +74,13 @@ def test_entropy_term_makes_the_model_surer_of_the_unlabelled_utterances(tiny_mo
     heard = [f * 0.8 + tilt for f in feats]
     labelled, unlabelled = heard[:2], heard[2:]
     targets = [rec.tokenizer.encode(u.text) for u in tiny_corpus.utts[:2]]
-    cfg = AdaptConfig(epochs=10, lr=0.01, batch_utts=2, entropy_weight=100.0)
+    # 40 steps: with 10 the gap depended on the machine's tiny model (0.078 against 0.154 on one, 0.172
+    # against 0.189 on another), since each step sees only 2 of the 6 unlabelled utterances.
+    cfg = AdaptConfig(epochs=40, lr=0.01, batch_utts=2, entropy_weight=300.0)
     with_entropy = fit_transform(model, labelled, targets, cfg, unlabelled)
-    without = fit_transform(model, labelled, targets, AdaptConfig(epochs=10, lr=0.01, batch_utts=2,
+    without = fit_transform(model, labelled, targets, AdaptConfig(epochs=40, lr=0.01, batch_utts=2,
                                                                   entropy_weight=0.0), unlabelled)
-    alone = fit_transform(model, labelled, targets, AdaptConfig(epochs=10, lr=0.01, batch_utts=2,
+    alone = fit_transform(model, labelled, targets, AdaptConfig(epochs=40, lr=0.01, batch_utts=2,
                                                                 entropy_weight=0.0))
     assert torch.equal(without.transform.matrix, alone.transform.matrix)  # weight 0: unlabelled unused
 
@@ -86,8 +88,8 @@ def test_entropy_term_makes_the_model_surer_of_the_unlabelled_utterances(tiny_mo
         with torch.no_grad(), transform.applied(model):
             return float(_ctc_entropy(model, unlabelled, range(len(unlabelled)), torch.device("cpu")))
 
-    # Measured: 0.078 against 0.154 without the term (0.32 before any fit).
-    assert entropy(with_entropy.transform) < 0.7 * entropy(without.transform)
+    # Measured: 0.031 against 0.176 without the term (0.31 before any fit).
+    assert entropy(with_entropy.transform) < 0.5 * entropy(without.transform)
     with pytest.raises(ValueError, match="entropy_weight"):
         AdaptConfig(entropy_weight=-1.0)
 
