@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asr.model import lengths_to_mask
 from asr.vtln import sample_evenly
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,9 @@ class AdaptConfig:
     # Entropy minimisation (as in TENT and SUTA) on the utterances left out of the fit: each step adds this
     # weight times the mean per-frame entropy of the CTC posteriors of batch_utts of them, so the less
     # confident half still pulls the transform toward features the model is sure about. It only pays
-    # when the first pass is mostly right, so it is off by default and the mini recipe sets 300. Mini
-    # dev / dev-voice WER (first pass ~5%): 0 -> 3.62 / 5.83, 1 -> 3.47 / 5.69, 10 -> 3.04 / 5.40,
-    # 100 -> 2.99 / 4.92, 300 -> 2.89 / 4.77, 1000 -> 2.94 / 4.82. Natural-sentence dev with LM (first pass
+    # when the first pass is mostly right, so it is off by default and the mini recipe sets 100. Mini
+    # dev / dev-voice WER (first pass ~5%), mean over three trained models: 0 -> 5.11, 100 -> 4.33,
+    # 300 -> 4.48 (recipes/mini/README.md, "Three trained models"). Natural-sentence dev with LM (first pass
     # ~40%): 0 -> 38.87, 30 -> 40.27, 300 -> 46.20; FSDD, one word per utterance, LOSO mean 12.13 -> 35.10
     # at 300: the model grows sure of its wrong words. A model without a CTC head skips it.
     entropy_weight: float = 0.0
@@ -158,8 +159,6 @@ def _frozen(model: torch.nn.Module):
 
 def _ctc_entropy(model: torch.nn.Module, feats: Sequence[Tensor], idx: Sequence[int], device: torch.device) -> Tensor:
     """Mean entropy per valid encoder frame of the CTC posteriors of ``feats[idx]``: a scalar."""
-    from asr.model import lengths_to_mask
-
     x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in idx], batch_first=True)
     enc, enc_lengths = model.encode(x, torch.tensor([feats[i].size(0) for i in idx], device=device))
     log_probs = model.ctc_log_probs(enc)

@@ -19,11 +19,8 @@ import random
 import re
 from pathlib import Path
 
-import numpy as np
-
-from asr.audio import resample
-from asr.data.synth import SAMPLE_RATE, write_flac
-from asr.data.tts import ESPEAK_VARIANTS, ESPEAK_VOICES, Speaker, tts
+from asr.data.synth import UttJob, render, write_flac
+from asr.data.tts import ESPEAK_VARIANTS, ESPEAK_VOICES, Speaker
 
 
 def training_variants(speakers_txt: Path) -> set[str]:
@@ -78,10 +75,11 @@ def main() -> None:
         for u in range(args.utts):
             text = texts[s * args.utts + u]
             utt = f"{spk.id}-{chapter}-{u:04d}"
-            samples, rate = tts(text.lower(), spk)
-            wave = resample(samples.astype(np.float32) / 32768.0, rate, SAMPLE_RATE)
-            wave = wave * np.float32(min(1.0, 0.99 / max(float(np.abs(wave).max()), 1e-9)))
-            write_flac(folder / f"{utt}.flac", np.round(wave * 32767.0).astype(np.int16))
+            path = folder / f"{utt}.flac"
+            # As the corpus renders its held-out voice: no speed change, reverberation or noise.
+            job = UttJob(utt, str(path), text.lower(), spk, seed=0, augment=False, noise_snr=None,
+                         reverb_prob=0.0, speed_factors=())
+            write_flac(path, render(job))
             lines.append(f"{utt} {text}")
         (folder / f"{spk.id}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         info.append({"speaker": spk.id, "sex": spk.sex, "voice": spk.name})
